@@ -1,0 +1,66 @@
+"""The part all segmentation heads share: picking backbone levels and the final classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from picoseg.models.output import SegmentationOutput
+
+
+class DecodeHead(nn.Module):
+    """Base class: subclasses build ``decode(levels) -> features`` with ``self.channels`` outputs.
+
+    Args:
+        in_channels: channels of every backbone level (``Backbone.channels``).
+        reductions: stride of every backbone level (``Backbone.reductions``).
+        num_classes: number of classes of the classifier.
+        in_index: the level(s) the head reads; negative indices count from the last level.
+        channels: channels of the decoder features (the classifier's and projection's input).
+        dropout: dropout before the 1x1 classifier.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        reductions: Sequence[int],
+        num_classes: int,
+        in_index: int | Sequence[int] = -1,
+        channels: int = 256,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        indices = [in_index] if isinstance(in_index, int) else list(in_index)
+        n = len(in_channels)
+        self.in_index = [i % n for i in indices]
+        self.in_channels = [in_channels[i] for i in self.in_index]
+        self.in_reductions = [reductions[i] for i in self.in_index]
+        self.channels = channels
+        self.num_classes = num_classes
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    @property
+    def reduction(self) -> int:
+        """Stride of the decoder features and logits (the finest level the head reads)."""
+        return min(self.in_reductions)
+
+    def select(self, levels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [levels[i] for i in self.in_index]
+
+    def decode(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, levels: Sequence[torch.Tensor]) -> SegmentationOutput:
+        features = self.decode(self.select(levels))
+        return SegmentationOutput(logits=self.classifier(self.dropout(features)), features=features)
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of (B, C, h, w) to ``size``; a no-op when it already has that size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

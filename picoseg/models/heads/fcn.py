@@ -1,0 +1,48 @@
+"""FCN head: a stack of convolutions on one level, or on several levels brought to the finest.
+
+With ``in_index=[1, 2, 3, 4]``, ``num_convs=1`` and ``kernel_size=1`` it is HRNetV2's head
+(upsample all branches, concatenate, 1x1 conv-BN-ReLU, classifier).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from picoseg.models.heads.base import DecodeHead, resize_to
+from picoseg.models.layers import ConvBNReLU
+
+
+class FCNHead(DecodeHead):
+    """Args: those of :class:`DecodeHead`, plus
+
+    num_convs: conv-BN-ReLU layers after the concatenation.
+    kernel_size: their kernel size.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        reductions: Sequence[int],
+        num_classes: int,
+        in_index: int | Sequence[int] = -1,
+        channels: int = 256,
+        num_convs: int = 2,
+        kernel_size: int = 3,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__(in_channels, reductions, num_classes, in_index, channels, dropout)
+        layers: list[nn.Module] = []
+        width = sum(self.in_channels)
+        for _ in range(num_convs):
+            layers.append(ConvBNReLU(width, channels, kernel_size))
+            width = channels
+        if not layers:
+            layers.append(ConvBNReLU(width, channels, 1))
+        self.convs = nn.Sequential(*layers)
+
+    def decode(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        size = levels[self.in_reductions.index(self.reduction)].shape[-2:]
+        return self.convs(torch.cat([resize_to(x, size) for x in levels], dim=1))

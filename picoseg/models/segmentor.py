@@ -1,0 +1,54 @@
+"""The inference network: backbone -> decoder head -> classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from picoseg.models.backbone import Backbone
+from picoseg.models.heads.base import DecodeHead
+from picoseg.models.output import SegmentationOutput
+
+
+class Segmentor(nn.Module):
+    """A plain ``nn.Module`` composing a backbone and a head.
+
+    The head is given as a factory (Hydra ``_partial_: true``) and built here with the backbone's
+    advertised ``channels`` and ``reductions``, so no channel count is ever written by hand.
+    PiCo's projection head is not part of this module: the training system owns it, and this
+    module is exactly what is exported for inference.
+
+    Args:
+        backbone: the feature extractor.
+        head: ``head(in_channels=..., reductions=..., num_classes=...) -> DecodeHead``.
+        num_classes: number of classes.
+    """
+
+    def __init__(
+        self, backbone: Backbone, head: Callable[..., DecodeHead], num_classes: int
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head(
+            in_channels=backbone.channels, reductions=backbone.reductions, num_classes=num_classes
+        )
+        self.num_classes = num_classes
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of ``SegmentationOutput.features``, what the projection head reads."""
+        return self.head.channels
+
+    def forward(self, images: torch.Tensor) -> SegmentationOutput:
+        """(B, 3, H, W) -> logits and decoder features at the head's stride."""
+        return self.head(self.backbone(images))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> class probabilities (B, num_classes, H, W) at the input size."""
+        logits = self(images).logits
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.softmax(dim=1)
