@@ -1,0 +1,121 @@
+"""Evaluate a checkpoint on its validation split: ``python -m picoseg.evaluate ckpt_path=PATH``.
+
+The model and dataset are rebuilt from the run configuration stored in the checkpoint, so the
+training overrides need not be repeated. Prints the per-class IoU table and writes, into the run
+directory, ``per_class_iou.csv``, ``metrics.json`` and ``val_predictions.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from picoseg.metrics import format_iou_table, save_iou_csv
+from picoseg.system import SegmentationSystem
+from picoseg.visualize import default_palette, denormalize, save_prediction_grid
+
+log = logging.getLogger(__name__)
+
+
+def write_report(
+    model: SegmentationSystem,
+    datamodule: L.LightningDataModule,
+    dataset_cfg: DictConfig | dict,
+    output_dir: str | Path,
+    num_visualize: int = 4,
+) -> dict[str, Any]:
+    """Print and save the last validation scores of ``model``, and draw a few predictions.
+
+    Returns:
+        The metrics written to ``metrics.json`` (fractions; per-class IoU by name, ``None`` where
+        undefined).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    scores = model.last_val_scores
+    names = model.class_names
+    print(format_iou_table(names, scores))
+    save_iou_csv(output_dir / "per_class_iou.csv", names, scores)
+    metrics = {
+        "miou": float(scores["miou"]),
+        "accuracy": float(scores["accuracy"]),
+        "mean_accuracy": float(scores["mean_accuracy"]),
+        "iou": {
+            n: (None if v != v else v) for n, v in zip(names, scores["iou"].tolist(), strict=True)
+        },
+    }
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if num_visualize > 0:
+        palette = dataset_cfg.get("palette") or default_palette(len(names))
+        path = draw_predictions(
+            model, datamodule, palette, output_dir / "val_predictions.png", num_visualize
+        )
+        log.info("predictions drawn to %s", path)
+    return metrics
+
+
+def draw_predictions(
+    model: SegmentationSystem,
+    datamodule: L.LightningDataModule,
+    palette: list,
+    path: Path,
+    num_images: int = 4,
+) -> Path:
+    """Image | ground truth | prediction for the first ``num_images`` validation images."""
+    images, labels, preds = [], [], []
+    model.eval()
+    device = next(model.parameters()).device
+    for batch in datamodule.val_dataloader():
+        probs = model.network.predict(batch["image"].to(device))
+        for i in range(batch["image"].shape[0]):
+            images.append(denormalize(batch["image"][i].numpy(), datamodule.mean, datamodule.std))
+            labels.append(batch["mask"][i].numpy())
+            preds.append(probs[i].argmax(0).cpu().numpy().astype(np.uint8))
+            if len(images) == num_images:
+                break
+        if len(images) == num_images:
+            break
+    return save_prediction_grid(path, images, labels, preds, palette, model.class_names)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Rebuild the run of ``cfg.ckpt_path``, validate it and write the report."""
+    ckpt_path = Path(cfg.ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if "picoseg_config" not in checkpoint:
+        raise ValueError(f"{ckpt_path}: no 'picoseg_config' in the checkpoint (not a picoseg run?)")
+    run_cfg = OmegaConf.create(checkpoint["picoseg_config"])
+    if cfg.get("dataset") is not None:
+        if cfg.dataset.num_classes != run_cfg.dataset.num_classes:
+            raise ValueError(
+                f"dataset {cfg.dataset.name} has {cfg.dataset.num_classes} classes, the model in "
+                f"{ckpt_path} was trained for {run_cfg.dataset.num_classes}"
+            )
+        run_cfg.dataset = cfg.dataset
+    datamodule = instantiate(run_cfg.dataset.datamodule)
+    model: SegmentationSystem = instantiate(run_cfg.model)
+    model.load_state_dict(checkpoint["state_dict"])
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    trainer.validate(model, datamodule=datamodule)
+    output_dir = cfg.paths.output_dir
+    return write_report(model, datamodule, run_cfg.dataset, output_dir, cfg.num_visualize)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    return evaluate(cfg)["miou"]
+
+
+if __name__ == "__main__":
+    main()

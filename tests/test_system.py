@@ -1,0 +1,85 @@
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from picoseg.models import Backbone, ProjectionHead, Segmentor
+from picoseg.models.heads import FCNHead
+from picoseg.optim import poly_schedule
+from picoseg.system import SegmentationSystem, masked_cross_entropy, resize_labels
+
+
+def test_resize_labels_is_nearest_and_keeps_ignore():
+    labels = torch.tensor([[[0, 0, 3, 3], [0, 0, 3, 3], [255, 255, 1, 1], [255, 255, 1, 1]]])
+    small = resize_labels(labels, (2, 2))
+    assert small.tolist() == [[[0, 3], [255, 1]]]
+    # the stride is taken from the requested size, whatever it is
+    assert resize_labels(labels, (4, 2)).tolist() == [[[0, 3], [0, 3], [255, 1], [255, 1]]]
+
+
+def test_masked_cross_entropy_matches_mean_over_valid_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6, 6)
+    labels = torch.randint(0, 4, (2, 6, 6))
+    labels[0, :3] = 255
+    loss = masked_cross_entropy(logits, labels, 255)
+    valid = labels != 255
+    log_probs = logits.log_softmax(1).permute(0, 2, 3, 1)[valid]
+    expected = -log_probs.gather(1, labels[valid][:, None]).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_masked_cross_entropy_is_zero_not_nan_when_all_ignored():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = masked_cross_entropy(logits, torch.full((1, 4, 4), 255), 255)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_masked_cross_entropy_upsamples_logits_to_labels():
+    logits = torch.randn(1, 3, 2, 2)
+    labels = torch.randint(0, 3, (1, 8, 8))
+    up = F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(
+        masked_cross_entropy(logits, labels, 255), F.cross_entropy(up, labels)
+    )
+
+
+def test_poly_schedule_values():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = poly_schedule(opt, total_steps=10, power=2.0, warmup_steps=0)
+    lrs = []
+    for _ in range(11):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1.0)
+    assert lrs[5] == pytest.approx(0.25)
+    assert lrs[10] == pytest.approx(0.0)
+
+
+def _system(**kwargs):
+    net = Segmentor(Backbone("resnet18"), functools.partial(FCNHead, channels=16), 3)
+    return SegmentationSystem(
+        net, 3, ["a", "b", "c"], functools.partial(torch.optim.SGD, lr=0.1), **kwargs
+    )
+
+
+def test_inference_network_has_no_projection_head():
+    ce_only = _system()
+    assert ce_only.projection is None
+    with_projection = _system(
+        projection=functools.partial(ProjectionHead, dim=8), contrast=torch.nn.Identity()
+    )
+    assert with_projection.projection.layers[0].in_channels == 16
+    n_network = sum(p.numel() for p in ce_only.network.parameters())
+    assert sum(p.numel() for p in with_projection.network.parameters()) == n_network
+    assert sum(p.numel() for p in with_projection.parameters()) > n_network
+
+
+def test_class_names_must_match_num_classes():
+    net = Segmentor(Backbone("resnet18"), functools.partial(FCNHead, channels=8), 3)
+    with pytest.raises(ValueError, match="class_names has 2 entries but num_classes is 3"):
+        SegmentationSystem(net, 3, ["a", "b"], functools.partial(torch.optim.SGD, lr=0.1))
