@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -116,14 +117,15 @@ class SegmentationSystem(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         images, labels = batch["image"], batch["mask"]
+        log = functools.partial(self.log, batch_size=images.shape[0])
         out = self.network(images)
         ce = masked_cross_entropy(out.logits, labels, self.ignore_index)
         loss = ce
         for name, aux in out.aux_logits.items():
             aux_ce = masked_cross_entropy(aux, labels, self.ignore_index)
             loss = loss + self.aux_weight * aux_ce
-            self.log(f"train/aux_{name}", aux_ce)
-        self.log("train/ce", ce, prog_bar=True)
+            log(f"train/aux_{name}", aux_ce)
+        log("train/ce", ce, prog_bar=True)
         result: dict[str, Any] = {}
         if self.contrast is not None:
             projections = self.projection(out.features)
@@ -137,13 +139,14 @@ class SegmentationSystem(L.LightningModule):
             )
             weight = self.current_contrast_weight()
             loss = loss + weight * contrast.loss
-            self.log("train/nce", contrast.loss.detach(), prog_bar=True)
-            self.log("train/nce_pixel", contrast.pixel_loss)
-            self.log("train/nce_region", contrast.region_loss)
-            self.log("train/nce_weight", weight)
-            self.log("train/num_anchors", contrast.num_anchors.float())
+            log("train/nce", contrast.loss.detach(), prog_bar=True)
+            log("train/nce_pixel", contrast.pixel_loss)
+            log("train/nce_region", contrast.region_loss)
+            log("train/nce_weight", weight)
+            log("train/num_anchors", contrast.num_anchors.float())
             result = {"projections": projections.detach(), "embedding_labels": embedding_labels}
-        self.log("train/loss", loss)
+        log("train/loss", loss)
+        log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return {"loss": loss, **result}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -38,8 +38,3 @@ def compose_config(tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
-
-
-def group_options(group: str) -> list[str]:
-    """The option names of a config group (its yaml files)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))

@@ -1,7 +1,8 @@
 """FCN head: a stack of convolutions on one level, or on several levels brought to the finest.
 
-With ``in_index=[1, 2, 3, 4]``, ``num_convs=1`` and ``kernel_size=1`` it is HRNetV2's head
-(upsample all branches, concatenate, 1x1 conv-BN-ReLU, classifier).
+Several levels are upsampled to the finest, concatenated and fused by a 1x1 conv-BN-ReLU before
+the stack. With ``in_index=[1, 2, 3, 4]`` and ``num_convs=0`` it is HRNetV2's head (upsample all
+branches, concatenate, 1x1 conv-BN-ReLU, classifier).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from picoseg.models.layers import ConvBNReLU
 class FCNHead(DecodeHead):
     """Args: those of :class:`DecodeHead`, plus
 
-    num_convs: conv-BN-ReLU layers after the concatenation.
+    num_convs: conv-BN-ReLU layers after the fusion (or on the single level).
     kernel_size: their kernel size.
     """
 
@@ -36,11 +37,12 @@ class FCNHead(DecodeHead):
         super().__init__(in_channels, reductions, num_classes, in_index, channels, dropout)
         layers: list[nn.Module] = []
         width = sum(self.in_channels)
+        if len(self.in_index) > 1 or num_convs == 0:
+            layers.append(ConvBNReLU(width, channels, 1))
+            width = channels
         for _ in range(num_convs):
             layers.append(ConvBNReLU(width, channels, kernel_size))
             width = channels
-        if not layers:
-            layers.append(ConvBNReLU(width, channels, 1))
         self.convs = nn.Sequential(*layers)
 
     def decode(self, levels: list[torch.Tensor]) -> torch.Tensor:

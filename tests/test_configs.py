@@ -1,0 +1,129 @@
+"""Every option of every config group composes and instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from picoseg.data import SegmentationDataModule
+from picoseg.models import Backbone
+from picoseg.system import SegmentationSystem
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group (its yaml files)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+FOLDER = ["dataset.root=/data/mine", "dataset.num_classes=3", "dataset.class_names=[a,b,c]"]
+# Dilated and large backbones only instantiate in these tests (no forward pass).
+LARGE = {"resnet50", "resnet101", "hrnet32", "hrnet48"}
+
+
+def _build_model(cfg) -> SegmentationSystem:
+    model = instantiate(cfg.model)
+    assert isinstance(model, SegmentationSystem)
+    assert model.num_classes == cfg.dataset.num_classes
+    return model
+
+
+@pytest.mark.parametrize("option", group_options("dataset"))
+def test_dataset(compose_config, option):
+    cfg = compose_config([f"dataset={option}", *(FOLDER if option == "folder" else [])])
+    datamodule = instantiate(cfg.dataset.datamodule)
+    assert isinstance(datamodule, SegmentationDataModule)
+    assert len(cfg.dataset.class_names) == cfg.dataset.num_classes
+    if cfg.dataset.get("palette"):
+        assert len(cfg.dataset.palette) == cfg.dataset.num_classes
+
+
+@pytest.mark.parametrize("option", group_options("backbone"))
+def test_backbone(compose_config, option):
+    cfg = compose_config([f"backbone={option}"])
+    backbone = instantiate(cfg.backbone)
+    assert isinstance(backbone, Backbone)
+    assert backbone.reductions[-1] == (8 if cfg.backbone.output_stride == 8 else 32)
+    if option.startswith("hrnet"):
+        assert backbone.model.default_cfg["architecture"] == f"hrnet_w{option[5:]}"
+    if option not in LARGE:
+        model = _build_model(cfg)
+        out = model.network(torch.randn(1, 3, 64, 64))
+        assert out.logits.shape[1] == cfg.dataset.num_classes
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(g, o) for g in ("head", "loss", "sampler", "synthesis", "memory") for o in group_options(g)],
+)
+def test_model_groups(compose_config, group, option):
+    cfg = compose_config([f"{group}={option}"])
+    model = _build_model(cfg)
+    if group == "loss" and option == "ce":
+        assert model.contrast is None and model.projection is None and model.memory is None
+    elif group == "memory" and option == "none":
+        assert model.memory is None
+    elif group == "memory":
+        assert model.memory is not None
+    if group == "synthesis":
+        assert (model.contrast.synthesis is None) == (option == "none")
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g in ("optimizer", "scheduler") for o in group_options(g)]
+)
+def test_optimisation_groups(compose_config, group, option):
+    cfg = compose_config([f"{group}={option}"])
+    model = _build_model(cfg)
+    # what SegmentationSystem.configure_optimizers does with the partials
+    optimizer = model.optimizer_factory(model.parameters())
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    assert optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
+    if model.scheduler_factory is not None:
+        scheduler = model.scheduler_factory(optimizer=optimizer, total_steps=10)
+        for _ in range(5):
+            optimizer.step()
+            scheduler.step()
+        assert 0 < optimizer.param_groups[0]["lr"] < cfg.optimizer.lr
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(g, o) for g in ("trainer", "logger", "callbacks") for o in group_options(g)],
+)
+def test_run_groups(compose_config, group, option):
+    cfg = compose_config([f"{group}={option}"])
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    if group == "trainer" and cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        # GPU trainers cannot be built without a GPU; check they compose to what they say.
+        assert cfg.trainer.precision == "bf16-mixed"
+        return
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    assert isinstance(trainer, L.Trainer)
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g in ("experiment", "debug") for o in group_options(g)]
+)
+def test_experiments(compose_config, group, option):
+    cfg = compose_config([f"{group}={option}"])
+    _build_model(cfg)
+    instantiate(cfg.dataset.datamodule)
+
+
+def test_design_card_names(compose_config):
+    cfg = compose_config(["backbone=hrnet48"])
+    assert cfg.backbone.name == "hrnet_w48"
+
+
+def test_evaluate_config_composes(compose_config):
+    cfg = compose_config(["ckpt_path=x.ckpt"], config_name="evaluate")
+    assert cfg.ckpt_path == "x.ckpt" and cfg.get("dataset") is None
+    cfg = compose_config(["ckpt_path=x.ckpt", "dataset=scenes"], config_name="evaluate")
+    assert cfg.dataset.num_classes == 9

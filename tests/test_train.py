@@ -1,0 +1,86 @@
+"""The real entry points in subprocesses: train with the debug config, then evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def _run(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    run_dir = root / "run"
+    proc = _run(
+        "picoseg.train",
+        ["debug=fast", f"paths.data_dir={root / 'data'}", f"hydra.run.dir={run_dir}"],
+        cwd=root,
+    )
+    return run_dir, proc
+
+
+def test_train_writes_checkpoints_metrics_and_report(trained_run):
+    run_dir, proc = trained_run
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0
+    assert set(metrics["iou"]) == {
+        "road", "sidewalk", "building", "vegetation", "sky",
+        "pole", "traffic_sign", "person", "car",
+    }  # fmt: skip
+    with open(run_dir / "per_class_iou.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows][-1] == "mean"
+    assert float(rows[-1]["iou"]) == pytest.approx(metrics["miou"], abs=1e-6)
+    assert "mean" in proc.stdout and "IoU" in proc.stdout
+    assert (run_dir / "val_predictions.png").stat().st_size > 0
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        logged = list(csv.DictReader(f))
+    assert any(r.get("train/ce") for r in logged)
+    assert any(r.get("train/nce") for r in logged)
+    assert any(r.get("val/miou") for r in logged)
+
+
+def test_checkpoint_holds_config_and_memory(trained_run):
+    run_dir, _ = trained_run
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["picoseg_config"]["backbone"]["name"] == "resnet18"
+    memory_keys = [k for k in ckpt["state_dict"] if k.startswith("memory.")]
+    assert memory_keys, "the memory bank must be saved in checkpoints"
+
+
+def test_evaluate_from_checkpoint_reproduces_the_training_score(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    eval_dir = tmp_path / "eval"
+    _run(
+        "picoseg.evaluate",
+        [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={eval_dir}"],
+        cwd=run_dir.parent,
+    )
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert evaluated["miou"] == pytest.approx(trained["miou"], abs=1e-6)
+    assert (eval_dir / "val_predictions.png").is_file()
