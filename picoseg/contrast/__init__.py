@@ -1,0 +1,55 @@
+"""PiCo's pixel contrast, usable without Lightning: loss, samplers, synthesis and memory bank."""
+
+from picoseg.contrast.loss import (
+    ContrastOutput,
+    PixelContrastLoss,
+    gathered_similarity,
+    info_nce,
+    info_nce_indexed,
+)
+from picoseg.contrast.memory import (
+    MemoryBank,
+    MemoryBankCallback,
+    MemoryCandidates,
+    gather_and_push,
+)
+from picoseg.contrast.sampling import (
+    AnchorSample,
+    KeyPool,
+    KeySelection,
+    PixelSampler,
+    region_embeddings,
+    sample_anchors,
+    sample_group_pixels,
+    select_keys,
+)
+from picoseg.contrast.synthesis import (
+    NegativeSynthesis,
+    SynthesisPlan,
+    plan_anchor_negatives,
+    plan_negative_pairs,
+)
+
+__all__ = [
+    "AnchorSample",
+    "ContrastOutput",
+    "KeyPool",
+    "KeySelection",
+    "MemoryBank",
+    "MemoryBankCallback",
+    "MemoryCandidates",
+    "NegativeSynthesis",
+    "PixelContrastLoss",
+    "PixelSampler",
+    "SynthesisPlan",
+    "gather_and_push",
+    "gathered_similarity",
+    "info_nce",
+    "info_nce_indexed",
+    "region_embeddings",
+    "sample_anchors",
+    "sample_group_pixels",
+    "select_keys",
+    "plan_anchor_negatives",
+    "plan_negative_pairs",
+]
