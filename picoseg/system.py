@@ -101,6 +101,10 @@ class SegmentationSystem(L.LightningModule):
         )
         self.contrast = contrast
         self.memory = memory
+        if memory is not None:
+            # Every rank pushes the same gathered keys, so the memory is identical everywhere;
+            # DDP need not broadcast its buffers from rank 0 on every step.
+            self._ddp_params_and_buffers_to_ignore = memory.ddp_ignore_names("memory")
         self.contrast_weight = contrast_weight
         self.contrast_warmup_steps = contrast_warmup_steps
         self.aux_weight = aux_weight
