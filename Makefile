@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Train the default model (PiCo on the embedded `scenes` dataset); extra Hydra overrides in ARGS.
+## Train the default run (PiCo on the embedded `scenes` dataset, sized for a 2-core CPU);
+## extra Hydra overrides in ARGS.
 train: $(STAMP)
-	$(BIN)/python -m picoseg.train $(ARGS)
+	$(BIN)/python -m picoseg.train experiment=scenes_pico $(ARGS)
 
 ## The test suite, offline.
 test: $(STAMP)
