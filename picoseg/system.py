@@ -148,6 +148,8 @@ class SegmentationSystem(L.LightningModule):
             log("train/nce_region", contrast.region_loss)
             log("train/nce_weight", weight)
             log("train/num_anchors", contrast.num_anchors.float())
+            if self.memory is not None:
+                log("train/memory_fill", self.memory.fill_fraction().mean())
             result = {"projections": projections.detach(), "embedding_labels": embedding_labels}
         log("train/loss", loss)
         log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])

@@ -61,6 +61,7 @@ def test_train_writes_checkpoints_metrics_and_report(trained_run):
         logged = list(csv.DictReader(f))
     assert any(r.get("train/ce") for r in logged)
     assert any(r.get("train/nce") for r in logged)
+    assert float([r for r in logged if r.get("train/memory_fill")][-1]["train/memory_fill"]) > 0
     assert any(r.get("val/miou") for r in logged)
 
 
