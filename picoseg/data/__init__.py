@@ -10,8 +10,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from picoseg.data.ade20k import ADE20KDataset
+    from picoseg.data.camvid import CamVidDataset
+    from picoseg.data.cityscapes import CityscapesDataset
+    from picoseg.data.coco_stuff import CocoStuffDataset
     from picoseg.data.datamodule import SegmentationDataModule
-    from picoseg.data.folder import IMAGE_EXTENSIONS, DatasetError, FolderDataset
+    from picoseg.data.folder import IMAGE_EXTENSIONS, DatasetError, FolderDataset, PairedDataset
     from picoseg.data.scenes import (
         SCENES_CLASSES,
         SCENES_PALETTE,
@@ -26,10 +30,15 @@ if TYPE_CHECKING:
     )
 
 _SOURCES = {
+    "ADE20KDataset": "picoseg.data.ade20k",
+    "CamVidDataset": "picoseg.data.camvid",
+    "CityscapesDataset": "picoseg.data.cityscapes",
+    "CocoStuffDataset": "picoseg.data.coco_stuff",
     "SegmentationDataModule": "picoseg.data.datamodule",
     "IMAGE_EXTENSIONS": "picoseg.data.folder",
     "DatasetError": "picoseg.data.folder",
     "FolderDataset": "picoseg.data.folder",
+    "PairedDataset": "picoseg.data.folder",
     "SCENES_CLASSES": "picoseg.data.scenes",
     "SCENES_PALETTE": "picoseg.data.scenes",
     "ensure_scenes_dataset": "picoseg.data.scenes",
@@ -46,8 +55,13 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "SCENES_CLASSES",
     "SCENES_PALETTE",
+    "ADE20KDataset",
+    "CamVidDataset",
+    "CityscapesDataset",
+    "CocoStuffDataset",
     "DatasetError",
     "FolderDataset",
+    "PairedDataset",
     "SegmentationDataModule",
     "build_eval_transform",
     "build_train_transform",
