@@ -2,7 +2,10 @@
 
 The model and dataset are rebuilt from the run configuration stored in the checkpoint, so the
 training overrides need not be repeated. Prints the per-class IoU table and writes, into the run
-directory, ``per_class_iou.csv``, ``metrics.json`` and ``val_predictions.png``.
+directory, ``per_class_iou.csv``, ``metrics.json``, ``confusion_matrix.csv`` and ``.png``
+(row-normalised, rows = ground truth) and ``val_predictions.png``. The ``inference`` node
+chooses whole-image or sliding-window prediction, scales and flips
+(:func:`picoseg.inference.predict_probabilities`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,20 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from picoseg.metrics import format_iou_table, save_iou_csv
+from picoseg.inference import predict_probabilities
+from picoseg.metrics import (
+    format_iou_table,
+    normalize_confusion,
+    save_confusion_csv,
+    save_iou_csv,
+)
 from picoseg.system import SegmentationSystem
-from picoseg.visualize import default_palette, denormalize, save_prediction_grid
+from picoseg.visualize import (
+    default_palette,
+    denormalize,
+    save_confusion_png,
+    save_prediction_grid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +59,10 @@ def write_report(
     names = model.class_names
     print(format_iou_table(names, scores))
     save_iou_csv(output_dir / "per_class_iou.csv", names, scores)
+    if "confusion" in scores:
+        save_confusion_csv(output_dir / "confusion_matrix.csv", names, scores["confusion"])
+        normalized = normalize_confusion(scores["confusion"]).numpy()
+        save_confusion_png(output_dir / "confusion_matrix.png", normalized, names)
     metrics = {
         "miou": float(scores["miou"]),
         "accuracy": float(scores["accuracy"]),
@@ -75,7 +93,11 @@ def draw_predictions(
     model.eval()
     device = next(model.parameters()).device
     for batch in datamodule.val_dataloader():
-        probs = model.network.predict(batch["image"].to(device))
+        images_in = batch["image"].to(device)
+        if model.inference is None:
+            probs = model.network.predict(images_in)
+        else:
+            probs = predict_probabilities(model.network, images_in, **model.inference)
         for i in range(batch["image"].shape[0]):
             images.append(denormalize(batch["image"][i].numpy(), datamodule.mean, datamodule.std))
             labels.append(batch["mask"][i].numpy())
@@ -87,25 +109,54 @@ def draw_predictions(
     return save_prediction_grid(path, images, labels, preds, palette, model.class_names)
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Rebuild the run of ``cfg.ckpt_path``, validate it and write the report."""
-    ckpt_path = Path(cfg.ckpt_path)
+def load_run(
+    ckpt_path: str | Path, dataset_cfg: DictConfig | None = None
+) -> tuple[DictConfig, SegmentationSystem]:
+    """Rebuild the run configuration and the trained system stored in a picoseg checkpoint.
+
+    Args:
+        ckpt_path: a checkpoint written by ``picoseg.train`` (it holds ``picoseg_config``).
+        dataset_cfg: another dataset node with the same number of classes, replacing the
+            stored one; ``None`` keeps the training dataset.
+
+    Returns:
+        The run configuration (with ``dataset`` replaced if asked) and the system with its
+        trained weights, in eval mode on the CPU.
+    """
+    ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     if "picoseg_config" not in checkpoint:
         raise ValueError(f"{ckpt_path}: no 'picoseg_config' in the checkpoint (not a picoseg run?)")
     run_cfg = OmegaConf.create(checkpoint["picoseg_config"])
-    if cfg.get("dataset") is not None:
-        if cfg.dataset.num_classes != run_cfg.dataset.num_classes:
+    if dataset_cfg is not None:
+        if dataset_cfg.num_classes != run_cfg.dataset.num_classes:
             raise ValueError(
-                f"dataset {cfg.dataset.name} has {cfg.dataset.num_classes} classes, the model in "
+                f"dataset {dataset_cfg.name} has {dataset_cfg.num_classes} classes, the model in "
                 f"{ckpt_path} was trained for {run_cfg.dataset.num_classes}"
             )
-        run_cfg.dataset = cfg.dataset
-    datamodule = instantiate(run_cfg.dataset.datamodule)
+        run_cfg.dataset = dataset_cfg
     model: SegmentationSystem = instantiate(run_cfg.model)
     model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    return run_cfg, model
+
+
+def inference_kwargs(cfg: DictConfig) -> dict[str, Any] | None:
+    """The ``inference`` node of an entry-point config as keyword arguments of
+    :func:`~picoseg.inference.predict_probabilities` (``None`` when absent)."""
+    node = cfg.get("inference")
+    if node is None:
+        return None
+    return dict(OmegaConf.to_container(node, resolve=True))
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Rebuild the run of ``cfg.ckpt_path``, validate it and write the report."""
+    run_cfg, model = load_run(cfg.ckpt_path, cfg.get("dataset"))
+    model.inference = inference_kwargs(cfg)
+    datamodule = instantiate(run_cfg.dataset.datamodule)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     trainer.validate(model, datamodule=datamodule)
     output_dir = cfg.paths.output_dir

@@ -74,6 +74,36 @@ def save_iou_csv(path: str | Path, class_names: Sequence[str], scores: dict) -> 
         writer.writerow(["mean", _num(float(scores["miou"])), _num(float(scores["mean_accuracy"]))])
 
 
+def normalize_confusion(confusion: torch.Tensor) -> torch.Tensor:
+    """Row-normalise a (C, C) confusion matrix (rows: ground truth, columns: prediction).
+
+    Returns:
+        (C, C) float64: row ``c`` is the distribution of predictions for ground-truth class ``c``
+        (sums to 1), NaN for a class absent from the ground truth.
+    """
+    confusion = confusion.double()
+    totals = confusion.sum(dim=1, keepdim=True)
+    return torch.where(totals > 0, confusion / totals.clamp_min(1), float("nan"))
+
+
+def save_confusion_csv(
+    path: str | Path, class_names: Sequence[str], confusion: torch.Tensor
+) -> None:
+    """Write the row-normalised (C, C) confusion matrix: a header ``ground_truth,<classes>``
+    then one row per ground-truth class (fractions; empty when the class is absent)."""
+    if confusion.shape != (len(class_names), len(class_names)):
+        raise ValueError(
+            f"{path}: confusion matrix of shape {tuple(confusion.shape)} does not match "
+            f"{len(class_names)} class names"
+        )
+    normalized = normalize_confusion(confusion)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ground_truth", *class_names])
+        for name, row in zip(class_names, normalized.tolist(), strict=True):
+            writer.writerow([name, *(_num(v) for v in row)])
+
+
 def _pct(value: float | torch.Tensor) -> str:
     value = float(value)
     return f"{'n/a':>6}" if value != value else f"{100 * value:6.2f}"

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import Optimizer
 
+from picoseg.inference import predict_probabilities
 from picoseg.metrics import confusion_metric, iou_from_confusion
 from picoseg.models.segmentor import Segmentor
 
@@ -111,6 +112,9 @@ class SegmentationSystem(L.LightningModule):
         self.val_confusion = confusion_metric(num_classes, ignore_index)
         #: The resolved run configuration; train.py sets it so checkpoints can rebuild the model.
         self.run_config: dict | None = None
+        #: Keyword arguments of :func:`~picoseg.inference.predict_probabilities` for validation
+        #: (evaluate.py sets them); ``None`` predicts the whole image at a single scale.
+        self.inference: dict | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits at the network's stride (what inference uses)."""
@@ -157,6 +161,16 @@ class SegmentationSystem(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         images, labels = batch["image"], batch["mask"]
+        if self.inference is not None:
+            # Test-time inference (sliding window, scales, flips): no single set of logits, so
+            # no val/ce; the confusion matrix is updated from the averaged probabilities.
+            probs = predict_probabilities(self.network, images, **self.inference)
+            if probs.shape[-2:] != labels.shape[-2:]:
+                probs = F.interpolate(
+                    probs, size=labels.shape[-2:], mode="bilinear", align_corners=False
+                )
+            self.val_confusion.update(probs.argmax(dim=1), labels)
+            return
         logits = self.network(images).logits
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         self.log(
@@ -167,7 +181,8 @@ class SegmentationSystem(L.LightningModule):
         self.val_confusion.update(logits.argmax(dim=1), labels)
 
     def on_validation_epoch_end(self) -> None:
-        scores = iou_from_confusion(self.val_confusion.compute())
+        confusion = self.val_confusion.compute()
+        scores = iou_from_confusion(confusion)
         self.val_confusion.reset()
         self.log("val/miou", scores["miou"], prog_bar=True)
         self.log("val/accuracy", scores["accuracy"])
@@ -175,7 +190,8 @@ class SegmentationSystem(L.LightningModule):
         for name, iou in zip(self.class_names, scores["iou"], strict=True):
             if not torch.isnan(iou):
                 self.log(f"val/iou/{name}", iou)
-        self.last_val_scores = {k: v.cpu() for k, v in scores.items()}
+        #: The last validation scores, with the (C, C) ``confusion`` matrix (rows: ground truth).
+        self.last_val_scores = {k: v.cpu() for k, v in {**scores, "confusion": confusion}.items()}
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]

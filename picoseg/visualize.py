@@ -73,6 +73,40 @@ def prediction_grid(
     return out
 
 
+def save_confusion_png(path: str | Path, confusion: np.ndarray, class_names: Sequence[str]) -> Path:
+    """Draw a row-normalised (C, C) confusion matrix (rows: ground truth, columns: prediction,
+    NaN rows left blank) as a heat map with the class names on both axes, saved at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    matrix = np.asarray(confusion, dtype=np.float64)
+    n = len(class_names)
+    size = 2.5 + 0.45 * n
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    try:
+        image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="Blues")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(range(n), labels=list(class_names), rotation=60, ha="right")
+        ax.set_yticks(range(n), labels=list(class_names))
+        ax.set_xlabel("prediction")
+        ax.set_ylabel("ground truth")
+        if n <= 30:
+            for i in range(n):
+                for j in range(n):
+                    if matrix[i, j] == matrix[i, j]:
+                        color = "white" if matrix[i, j] > 0.5 else "black"
+                        ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center",
+                                fontsize=7, color=color)  # fmt: skip
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def save_prediction_grid(path: str | Path, *args, **kwargs) -> Path:
     """:func:`prediction_grid` saved as a PNG at ``path``."""
     path = Path(path)

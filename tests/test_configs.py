@@ -127,3 +127,14 @@ def test_evaluate_config_composes(compose_config):
     assert cfg.ckpt_path == "x.ckpt" and cfg.get("dataset") is None
     cfg = compose_config(["ckpt_path=x.ckpt", "dataset=scenes"], config_name="evaluate")
     assert cfg.dataset.num_classes == 9
+
+
+def test_inference_nodes_compose_and_match(compose_config):
+    slide = ["inference.mode=slide", "inference.scales=[0.5,0.75,1.0,1.25,1.5,1.75]"]
+    evaluate = compose_config(["ckpt_path=x.ckpt", *slide, "inference.flip=true"], "evaluate")
+    assert evaluate.inference.mode == "slide" and evaluate.inference.flip is True
+    assert len(evaluate.inference.scales) == 6
+    base = compose_config(["ckpt_path=x.ckpt"], config_name="evaluate").inference
+    predict = compose_config(["ckpt_path=x.ckpt", "input=in", "output=out"], "predict")
+    assert predict.inference == base
+    assert base.mode == "whole" and list(base.window) == [512, 512] and base.flip is False

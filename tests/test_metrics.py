@@ -1,8 +1,17 @@
 import math
 
+import pytest
 import torch
 
-from picoseg.metrics import confusion_metric, format_iou_table, iou_from_confusion, save_iou_csv
+from picoseg.metrics import (
+    confusion_metric,
+    format_iou_table,
+    iou_from_confusion,
+    normalize_confusion,
+    save_confusion_csv,
+    save_iou_csv,
+)
+from picoseg.visualize import save_confusion_png
 
 
 def test_iou_from_hand_made_confusion_with_ignore_pixels():
@@ -35,3 +44,21 @@ def test_class_absent_everywhere_is_left_out_of_the_mean(tmp_path):
     assert rows[0] == "class,iou,accuracy"
     assert rows[1] == "road,0.750000,0.750000"
     assert rows[3] == "sky,,"
+
+
+def test_confusion_csv_rows_are_normalised_and_absent_classes_empty(tmp_path):
+    confusion = torch.tensor([[3, 1, 0], [0, 0, 0], [2, 0, 2]])
+    normalized = normalize_confusion(confusion)
+    assert normalized[0].tolist() == [0.75, 0.25, 0.0] and normalized[1].isnan().all()
+    save_confusion_csv(tmp_path / "c.csv", ["a", "b", "c"], confusion)
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert rows == [
+        "ground_truth,a,b,c",
+        "a,0.750000,0.250000,0.000000",
+        "b,,,",
+        "c,0.500000,0.000000,0.500000",
+    ]
+    with pytest.raises(ValueError, match="c.csv"):
+        save_confusion_csv(tmp_path / "c.csv", ["a", "b"], confusion)
+    png = save_confusion_png(tmp_path / "c.png", normalized.numpy(), ["a", "b", "c"])
+    assert png.stat().st_size > 0

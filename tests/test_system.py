@@ -83,3 +83,20 @@ def test_class_names_must_match_num_classes():
     net = Segmentor(Backbone("resnet18"), functools.partial(FCNHead, channels=8), 3)
     with pytest.raises(ValueError, match="class_names has 2 entries but num_classes is 3"):
         SegmentationSystem(net, 3, ["a", "b"], functools.partial(torch.optim.SGD, lr=0.1))
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_validation_with_an_inference_setting_keeps_the_confusion():
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
+    system = _system().eval()
+    with torch.no_grad():
+        system.validation_step(batch, 0)
+        system.on_validation_epoch_end()
+        default = system.last_val_scores
+        system.inference = {"mode": "slide", "window": [32, 32], "stride": [16, 16]}
+        system.validation_step(batch, 0)
+        system.on_validation_epoch_end()
+    confusion = system.last_val_scores["confusion"]
+    assert confusion.shape == (3, 3) and int(confusion.sum()) == 2 * 32 * 32
+    assert torch.equal(confusion, default["confusion"])

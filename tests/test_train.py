@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +89,64 @@ def test_evaluate_from_checkpoint_reproduces_the_training_score(trained_run, tmp
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
     assert evaluated["miou"] == pytest.approx(trained["miou"], abs=1e-6)
     assert (eval_dir / "val_predictions.png").is_file()
+    assert (eval_dir / "confusion_matrix.png").stat().st_size > 0
+    with open(eval_dir / "confusion_matrix.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][0] == "ground_truth" and rows[0][1:] == list(evaluated["iou"])
+    assert [r[0] for r in rows[1:]] == list(evaluated["iou"])
+    present = [r for r in rows[1:] if r[1] != ""]
+    assert present
+    for row in present:
+        assert sum(float(v) for v in row[1:]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_evaluate_with_flip_and_sliding_window(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    eval_dir = tmp_path / "eval_flip"
+    _run(
+        "picoseg.evaluate",
+        [
+            f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+            f"hydra.run.dir={eval_dir}",
+            "inference.flip=true",
+            "inference.mode=slide",
+            "inference.window=[64,64]",
+            "inference.stride=[48,48]",
+            "num_visualize=1",
+        ],
+        cwd=run_dir.parent,
+    )
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert 0.0 <= evaluated["miou"] <= 1.0
+    assert (eval_dir / "confusion_matrix.csv").is_file()
+
+
+def test_predict_writes_id_and_colour_masks(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    images, out = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"first": (40, 56), "second": (64, 48)}
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(images / "first.png")
+    Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(images / "second.jpg")
+    _run(
+        "picoseg.predict",
+        [
+            f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+            f"input={images}",
+            f"output={out}",
+            f"hydra.run.dir={tmp_path / 'predict_run'}",
+            "device=cpu",
+        ],
+        cwd=run_dir.parent,
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "first.png", "first_color.png", "second.png", "second_color.png",
+    ]  # fmt: skip
+    for name, (height, width) in sizes.items():
+        with Image.open(out / f"{name}.png") as mask:
+            assert mask.mode == "L"
+            ids = np.asarray(mask)
+        assert ids.shape == (height, width) and ids.max() < 9
+        with Image.open(out / f"{name}_color.png") as colour:
+            assert colour.mode == "RGB" and colour.size == (width, height)
