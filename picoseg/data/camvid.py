@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from picoseg.data.folder import DatasetError, PairedDataset, require_dir
+from picoseg.data.folder import PairedDataset, list_pairs, require_dir
 
 __all__ = ["CAMVID_LABEL_MAP", "CamVidDataset"]
 
@@ -55,15 +55,5 @@ class CamVidDataset(PairedDataset):
         label_root = require_dir(
             self.root / f"{split}annot", "annotation split directory", f"{split}annot/ in root"
         )
-        images = sorted(p for p in image_root.glob("*.png") if not p.name.startswith("."))
-        if not images:
-            raise DatasetError(
-                f"image split directory {image_root} contains no images; expected NAME.png files"
-            )
-        pairs = []
-        for image in images:
-            label = label_root / image.name
-            if not label.is_file():
-                raise DatasetError(f"image {image} has no annotation: expected {label}")
-            pairs.append((image, label))
+        pairs = list_pairs(image_root, label_root, "*.png", "NAME.png")
         super().__init__(pairs, 11, 255, transform, CAMVID_LABEL_MAP)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from picoseg.data.folder import DatasetError, PairedDataset, require_dir
+from picoseg.data.folder import PairedDataset, list_pairs, require_dir
 
 __all__ = ["COCO_STUFF_LABEL_MAP", "COCO_STUFF_UNUSED_IDS", "CocoStuffDataset"]
 
@@ -70,15 +70,5 @@ class CocoStuffDataset(PairedDataset):
             "annotation split directory",
             f"annotations/{folder}/ in root",
         )
-        images = sorted(p for p in image_root.glob("*.jpg") if not p.name.startswith("."))
-        if not images:
-            raise DatasetError(
-                f"image split directory {image_root} contains no images; expected NAME.jpg files"
-            )
-        pairs = []
-        for image in images:
-            label = label_root / f"{image.stem}.png"
-            if not label.is_file():
-                raise DatasetError(f"image {image} has no annotation: expected {label}")
-            pairs.append((image, label))
+        pairs = list_pairs(image_root, label_root, "*.jpg", "NAME.jpg")
         super().__init__(pairs, 171, 255, transform, COCO_STUFF_LABEL_MAP)

@@ -70,6 +70,30 @@ def require_dir(path: Path, what: str, expected: str) -> Path:
     return path
 
 
+def list_pairs(
+    image_root: Path, label_root: Path, pattern: str, expected: str
+) -> list[tuple[Path, Path]]:
+    """Images matching ``pattern`` in ``image_root`` (sorted, hidden files left out), each paired
+    with its annotation ``label_root/STEM.png``.
+
+    Raises:
+        DatasetError: no image matches (``expected`` describes the files looked for), or an image
+            has no annotation (both paths named).
+    """
+    images = sorted(p for p in image_root.glob(pattern) if not p.name.startswith("."))
+    if not images:
+        raise DatasetError(
+            f"image split directory {image_root} contains no images; expected {expected} files"
+        )
+    pairs = []
+    for image in images:
+        label = label_root / f"{image.stem}.png"
+        if not label.is_file():
+            raise DatasetError(f"image {image} has no annotation: expected {label}")
+        pairs.append((image, label))
+    return pairs
+
+
 class PairedDataset(Dataset):
     """Image/mask pairs already listed on disk, read and checked on every access.
 
