@@ -21,7 +21,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "FolderDataset", "PairedDataset", "require_dir"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DatasetError",
+    "FolderDataset",
+    "PairedDataset",
+    "list_pairs",
+    "require_dir",
+]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 """Accepted image file extensions (compared case-insensitively)."""
