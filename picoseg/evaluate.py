@@ -93,11 +93,9 @@ def draw_predictions(
     model.eval()
     device = next(model.parameters()).device
     for batch in datamodule.val_dataloader():
-        images_in = batch["image"].to(device)
-        if model.inference is None:
-            probs = model.network.predict(images_in)
-        else:
-            probs = predict_probabilities(model.network, images_in, **model.inference)
+        probs = predict_probabilities(
+            model.network, batch["image"].to(device), **(model.inference or {})
+        )
         for i in range(batch["image"].shape[0]):
             images.append(denormalize(batch["image"][i].numpy(), datamodule.mean, datamodule.std))
             labels.append(batch["mask"][i].numpy())

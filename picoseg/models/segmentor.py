@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from picoseg.inference import predict_probabilities
 from picoseg.models.backbone import Backbone
 from picoseg.models.heads.base import DecodeHead
 from picoseg.models.output import SegmentationOutput
@@ -48,7 +48,7 @@ class Segmentor(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> class probabilities (B, num_classes, H, W) at the input size."""
-        logits = self(images).logits
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.softmax(dim=1)
+        """(B, 3, H, W) -> class probabilities (B, num_classes, H, W) at the input size, one
+        whole-image pass (see :func:`picoseg.inference.predict_probabilities` for sliding
+        windows, scales and flips)."""
+        return predict_probabilities(self, images)
