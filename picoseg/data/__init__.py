@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from picoseg.data.coco_stuff import CocoStuffDataset
     from picoseg.data.datamodule import SegmentationDataModule
     from picoseg.data.folder import IMAGE_EXTENSIONS, DatasetError, FolderDataset, PairedDataset
+    from picoseg.data.pascal_context import PascalContextDataset
     from picoseg.data.scenes import (
         SCENES_CLASSES,
         SCENES_PALETTE,
@@ -39,6 +40,7 @@ _SOURCES = {
     "DatasetError": "picoseg.data.folder",
     "FolderDataset": "picoseg.data.folder",
     "PairedDataset": "picoseg.data.folder",
+    "PascalContextDataset": "picoseg.data.pascal_context",
     "SCENES_CLASSES": "picoseg.data.scenes",
     "SCENES_PALETTE": "picoseg.data.scenes",
     "ensure_scenes_dataset": "picoseg.data.scenes",
@@ -62,6 +64,7 @@ __all__ = [
     "DatasetError",
     "FolderDataset",
     "PairedDataset",
+    "PascalContextDataset",
     "SegmentationDataModule",
     "build_eval_transform",
     "build_train_transform",

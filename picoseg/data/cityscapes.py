@@ -38,6 +38,34 @@ CITYSCAPES_LABEL_TO_TRAIN: np.ndarray = _label_to_train()
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 
 
+def _list_images(image_root: Path) -> list[Path]:
+    """The ``CITY/STEM_leftImg8bit.png`` files of a split, sorted; hidden entries left out.
+
+    Raises:
+        DatasetError: Any other entry (a file directly in the split, a file of another name or a
+            directory inside a city).
+    """
+
+    def visible(directory: Path) -> list[Path]:
+        return sorted(p for p in directory.iterdir() if not p.name.startswith("."))
+
+    images, bad = [], []
+    for city in visible(image_root):
+        if not city.is_dir():
+            bad.append(city)
+            continue
+        for path in visible(city):
+            ok = path.is_file() and path.name.endswith(_IMAGE_SUFFIX)
+            (images if ok else bad).append(path)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DatasetError(
+            f"unexpected entry {bad[0]}{more} in image split directory {image_root}; expected "
+            f"only CITY/STEM{_IMAGE_SUFFIX} files (entries starting with '.' are skipped)"
+        )
+    return images
+
+
 class CityscapesDataset(PairedDataset):
     """One split (``train``, ``val`` or ``test``) of Cityscapes, 19 classes, ignore 255.
 
@@ -50,8 +78,9 @@ class CityscapesDataset(PairedDataset):
         transform: Optional transform, see :class:`picoseg.data.folder.PairedDataset`.
 
     Raises:
-        DatasetError: Missing root or split directory, an empty split, or an image without
-            its label file.
+        DatasetError: Missing root or split directory, an empty split, an entry in the split
+            that is not ``CITY/STEM_leftImg8bit.png`` (hidden entries are skipped), or an image
+            without its label file.
     """
 
     def __init__(
@@ -69,11 +98,7 @@ class CityscapesDataset(PairedDataset):
         label_root = require_dir(
             self.root / "gtFine" / split, "label split directory", f"gtFine/{split}/"
         )
-        images = sorted(
-            p
-            for p in image_root.glob(f"*/*{_IMAGE_SUFFIX}")
-            if not (p.name.startswith(".") or p.parent.name.startswith("."))
-        )
+        images = _list_images(image_root)
         if not images:
             raise DatasetError(
                 f"image split directory {image_root} contains no images; expected "

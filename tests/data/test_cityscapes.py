@@ -137,3 +137,35 @@ def test_bad_items(tmp_path: Path) -> None:
     truncated.write_bytes(truncated.read_bytes()[:60])
     with pytest.raises(DatasetError, match=re.escape(str(truncated))):
         ds[2]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "aachen/aachen_000000_000019_leftImg8bit.jpg",  # wrong extension
+        "aachen/aachen_000000_000019_rightImg8bit.png",  # wrong suffix
+        "aachen/notes.txt",
+        "README.md",  # a file directly in the split, not in a city
+        "aachen/extra/",  # a directory inside a city
+    ],
+)
+def test_unexpected_entry_in_image_split_names_it(tmp_path: Path, entry: str) -> None:
+    root = _tree(tmp_path)
+    path = root / "leftImg8bit" / "train" / entry
+    if entry.endswith("/"):
+        path.mkdir()
+    else:
+        path.write_bytes(b"x")
+    with pytest.raises(DatasetError, match=re.escape(str(path))) as info:
+        CityscapesDataset(root, "train")
+    assert "CITY/STEM_leftImg8bit.png" in str(info.value)
+
+
+def test_hidden_entries_in_image_split_are_skipped(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    split = root / "leftImg8bit" / "train"
+    (split / ".DS_Store").write_bytes(b"x")
+    (split / "aachen" / "._aachen_000000_000019_leftImg8bit.png").write_bytes(b"x")
+    (split / ".cache" / "x").mkdir(parents=True)
+    ds = CityscapesDataset(root, "train")
+    assert len(ds) == 3 and ds.names[0] == "aachen/aachen_000000_000019"
