@@ -19,6 +19,8 @@ from picoseg.models.layers import ConvBNReLU
 class FCNHead(DecodeHead):
     """Args: those of :class:`DecodeHead`, plus
 
+    channels: as in :class:`DecodeHead`; ``None`` = the sum of the channels of the levels read
+        (HRNetV2's head width: 720 on HRNet-W48).
     num_convs: conv-BN-ReLU layers after the fusion (or on the single level).
     kernel_size: their kernel size.
     """
@@ -29,11 +31,14 @@ class FCNHead(DecodeHead):
         reductions: Sequence[int],
         num_classes: int,
         in_index: int | Sequence[int] = -1,
-        channels: int = 256,
+        channels: int | None = 256,
         num_convs: int = 2,
         kernel_size: int = 3,
         dropout: float = 0.1,
     ) -> None:
+        if channels is None:
+            indices = [in_index] if isinstance(in_index, int) else in_index
+            channels = sum(in_channels[i] for i in indices)
         super().__init__(in_channels, reductions, num_classes, in_index, channels, dropout)
         layers: list[nn.Module] = []
         width = sum(self.in_channels)
