@@ -16,6 +16,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from picoseg.config import drop_disabled_settings
 from picoseg.evaluate import write_report
 from picoseg.system import SegmentationSystem
 
@@ -28,6 +29,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The validation metrics of the best checkpoint (``miou``, ``accuracy``, per-class ``iou``).
     """
+    for key in drop_disabled_settings(cfg):
+        log.info("%s is switched off: its settings from the experiment are not used", key)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.dataset.datamodule)

@@ -10,6 +10,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from picoseg.config import drop_disabled_settings
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -34,6 +36,8 @@ def compose_config(tmp_path):
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")
+        if config_name == "train":
+            drop_disabled_settings(cfg)  # as picoseg.train does before building anything
         return cfg
 
     yield _compose

@@ -23,7 +23,10 @@ def group_options(group: str) -> list[str]:
 
 FOLDER = ["dataset.root=/data/mine", "dataset.num_classes=3", "dataset.class_names=[a,b,c]"]
 # Dilated and large backbones only instantiate in these tests (no forward pass).
-LARGE = {"resnet50", "resnet101", "hrnet32", "hrnet48"}
+LARGE = {
+    "resnet50", "resnet101", "resnet50c", "resnet101c", "hrnet32", "hrnet48",
+    "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "vit_small", "vit_base",
+}  # fmt: skip
 
 
 def _build_model(cfg) -> SegmentationSystem:
@@ -48,7 +51,10 @@ def test_backbone(compose_config, option):
     cfg = compose_config([f"backbone={option}"])
     backbone = instantiate(cfg.backbone)
     assert isinstance(backbone, Backbone)
-    assert backbone.reductions[-1] == (8 if cfg.backbone.output_stride == 8 else 32)
+    if cfg.backbone.get("output_stride"):
+        assert backbone.reductions[-1] == cfg.backbone.output_stride
+    else:  # the model's own: 32 for CNNs and MiT, 16 for ViT/16
+        assert backbone.reductions[-1] in (16, 32)
     if option.startswith("hrnet"):
         assert backbone.model.default_cfg["architecture"] == f"hrnet_w{option[5:]}"
     if option not in LARGE:
@@ -138,3 +144,47 @@ def test_inference_nodes_compose_and_match(compose_config):
     predict = compose_config(["ckpt_path=x.ckpt", "input=in", "output=out"], "predict")
     assert predict.inference == base
     assert base.mode == "whole" and list(base.window) == [512, 512] and base.flip is False
+
+
+@pytest.mark.parametrize("option", [o for o in group_options("experiment") if "ablation" in o])
+def test_ablation_sweeps_compose_for_every_value(compose_config, option):
+    cfg = compose_config([f"experiment={option}"])
+    params = dict(cfg.hydra.sweeper.params)
+    assert params, f"experiment/{option}.yaml defines no sweep"
+    for key, values in params.items():
+        for value in str(values).split(","):
+            swept = compose_config([f"experiment={option}", f"{key}={value}"])
+            model = _build_model(swept)
+            if key == "loss":
+                assert (model.contrast is None) == (value == "ce")
+                if value != "ce":
+                    assert model.contrast.pixel_to_pixel == (value != "pico_region")
+                    assert model.contrast.pixel_to_region == (value != "pico_pixel")
+            elif key == "memory":
+                assert (model.memory is None) == (value == "none")
+            elif key == "synthesis":
+                assert (model.contrast.synthesis is None) == (value == "none")
+            elif key == "sampler":
+                assert model.contrast.sampler.anchor_strategy == swept.sampler.anchor_strategy
+            elif key == "memory.pixel_size":
+                assert model.memory.pixel_size == model.memory.region_size == int(value)
+            elif key == "model.contrast_weight":
+                assert model.contrast_weight == float(value)
+            elif key == "model.contrast.temperature":
+                assert model.contrast.temperature == float(value)
+            else:
+                raise AssertionError(f"no check for swept key {key}")
+
+
+def test_switching_off_a_component_sized_by_the_experiment(compose_config):
+    # scenes_pico sizes the memory and the synthesis; the command line may still turn them off.
+    cfg = compose_config(["experiment=scenes_pico", "memory=none", "synthesis=none"])
+    assert cfg.memory is None and cfg.synthesis is None
+    model = _build_model(cfg)
+    assert model.memory is None and model.contrast.synthesis is None
+    cfg = compose_config(["experiment=scenes_pico", "loss=ce"])
+    assert _build_model(cfg).memory is None
+    # Switched on, the experiment's sizes are used.
+    cfg = compose_config(["experiment=scenes_pico"])
+    model = _build_model(cfg)
+    assert model.memory.pixel_size == 2000 and model.contrast.synthesis is not None
