@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import timm
 import torch
+from timm.models._features import FeatureGetterNet
 from torch import nn
 
-#: Prefixes of classifier weights in timm checkpoints; a features-only model has no classifier,
-#: so these are the only keys of a local weights file that may go unused.
+log = logging.getLogger(__name__)
+
+#: Prefixes of classifier weights in timm checkpoints, which a features-only model never uses.
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "head_drop.", "last_linear.", "incre_")
 
 
 class Backbone(nn.Module):
     """timm model created with ``features_only=True``.
 
+    CNNs and hierarchical transformers (``pvt_v2_*``, the MiT encoders of SegFormer) return one
+    map per stage. Plain ViTs (``vit_*``) go through timm's ``forward_intermediates``: each level
+    is the output of one transformer block as an NCHW map at the patch stride, prefix (class)
+    tokens dropped and no final norm; pass ``dynamic_img_size=True`` so any input size divisible
+    by the patch size works.
+
     Args:
-        name: timm model name, e.g. ``resnet50``, ``hrnet_w48``, ``mobilenetv3_large_100``.
+        name: timm model name, e.g. ``resnet50``, ``hrnet_w48``, ``pvt_v2_b2``,
+            ``vit_base_patch16_224``.
         pretrained: let timm fetch its pretrained weights (needs network access; off by default).
         weights_path: a local checkpoint of the full timm model (``.pth``/``.pt``/``.safetensors``,
-            optionally nested under ``state_dict`` or ``model``). Classifier weights are dropped;
-            any other missing or unexpected key is an error naming the file.
-        out_indices: which feature levels to return (timm's numbering, 0 = stem).
+            optionally nested under ``state_dict`` or ``model``); see
+            :func:`load_backbone_weights` for which of its keys may go unused.
+        out_indices: which feature levels to return (timm's numbering: 0 = stem for CNNs, the
+            first stage for ``pvt_v2``, block indices for ViTs).
         output_stride: dilate the last stages so features stop at this stride (8 or 16 for the
             DeepLab convention); ``None`` keeps the model's own (usually 32).
         **kwargs: passed to ``timm.create_model`` (e.g. ``feature_location=""`` for HRNet, which
@@ -63,8 +74,22 @@ class Backbone(nn.Module):
         return self.model(images)
 
 
-def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
     """Load a local checkpoint of a full timm model into its features-only twin.
+
+    The checkpoint's keys are first renamed as timm's feature wrappers rename modules: a
+    flattened first-level ``nn.Sequential`` (``stages.0.x`` -> ``stages_0.x``, as in ``pvt_v2``)
+    and the model held as ``.model`` (``blocks.0.x`` -> ``model.blocks.0.x``, ViTs). A key may
+    then go unused only when it is classifier weights or belongs to a module the features-only
+    model does not have: a top-level module timm's wrapper leaves out (what follows the last
+    returned level, e.g. ``head``, HRNet's ``final_layer``, MobileNet's ``conv_head``), or one it
+    replaced by ``nn.Identity`` (the final ``norm``/``fc_norm`` of a ViT, whose levels are taken
+    before the norm). Any other missing or unexpected key is an error, e.g. the blocks after
+    the last returned one, which timm removes from a features-only ViT (return the last block
+    when loading a full checkpoint).
+
+    Returns:
+        the checkpoint's unused keys (as in the file), sorted.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -86,10 +111,17 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     own = model.state_dict()
+    renamed = {_feature_key(model, k): k for k in state}
+    unused = {
+        k
+        for k, original in renamed.items()
+        if k not in own
+        and (original.startswith(_CLASSIFIER_PREFIXES) or _left_out_by_wrapper(model, k))
+    }
+    state = {k: state[original] for k, original in renamed.items() if k not in unused}
     missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    unexpected = sorted(renamed[k] for k in set(state) - set(own))
     if missing or unexpected:
         raise ValueError(
             f"{path}: weights do not fit the backbone: missing keys {missing[:5]}"
@@ -104,3 +136,40 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
             f"{tuple(own[k].shape)} ({len(wrong)} mismatched tensors)"
         )
     model.load_state_dict(state)
+    unused_keys = sorted(renamed[k] for k in unused)
+    if unused_keys:
+        modules = sorted({k.split(".")[0] for k in unused_keys})
+        log.info("%s: %d keys of %s unused by the backbone", path, len(unused_keys), modules)
+    return unused_keys
+
+
+def _feature_key(model: nn.Module, key: str) -> str:
+    """The name of a full model's state-dict key in timm's features-only wrapper ``model``."""
+    if isinstance(model, FeatureGetterNet):
+        return f"model.{key}"
+    parts = key.split(".", 2)
+    if (
+        len(parts) == 3
+        and parts[0] not in model._modules
+        and f"{parts[0]}_{parts[1]}" in model._modules
+    ):
+        return f"{parts[0]}_{parts[1]}.{parts[2]}"
+    return key
+
+
+def _left_out_by_wrapper(model: nn.Module, key: str) -> bool:
+    """Whether the (renamed) key belongs to a module timm's wrapper dropped or replaced by
+    ``nn.Identity``; a missing module deeper inside a kept one (e.g. a block a deeper
+    checkpoint has) is a real mismatch."""
+    names = key.split(".")[:-1]
+    module = model
+    if isinstance(model, FeatureGetterNet):
+        module, names = model.model, names[1:]
+    for depth, name in enumerate(names):
+        child = module._modules.get(name)
+        if child is None:
+            return depth == 0
+        if isinstance(child, nn.Identity):
+            return True
+        module = child
+    return False

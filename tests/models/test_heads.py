@@ -45,3 +45,15 @@ def test_projection_head_is_unit_norm_and_has_dim():
     head.eval(), raw.eval()
     x = torch.randn(1, 32, 3, 3)
     torch.testing.assert_close(torch.nn.functional.normalize(raw(x), dim=1), head(x))
+
+
+def test_level_indices_out_of_range_are_an_error_not_a_wraparound():
+    from picoseg.models.heads import resolve_levels
+
+    assert resolve_levels([-4, -3, -2, -1], 5) == [1, 2, 3, 4]
+    assert resolve_levels(-1, 4) == [3]
+    # [1, 2, 3, 4] on a 4-level backbone (MiT, ViT) used to read level 0 as its last level.
+    with pytest.raises(ValueError, match=r"\[4\] out of range for a backbone with 4 levels"):
+        resolve_levels([1, 2, 3, 4], 4)
+    with pytest.raises(ValueError, match="out of range"):
+        FCNHead([8, 16], [2, 4], num_classes=3, in_index=[-3, -1])

@@ -11,6 +11,23 @@ from torch import nn
 from picoseg.models.output import SegmentationOutput
 
 
+def resolve_levels(in_index: int | Sequence[int], num_levels: int) -> list[int]:
+    """Non-negative level indices of ``in_index`` (negative ones count from the last level).
+
+    Raises:
+        ValueError: an index outside ``[-num_levels, num_levels)``. Wrapping it around would
+            silently read another level (``[1, 2, 3, 4]`` on a 4-level MiT would read level 0).
+    """
+    indices = [in_index] if isinstance(in_index, int) else list(in_index)
+    bad = [i for i in indices if not -num_levels <= i < num_levels]
+    if bad:
+        raise ValueError(
+            f"in_index {list(indices)}: {bad} out of range for a backbone with {num_levels} "
+            f"levels (valid: 0..{num_levels - 1}, or -{num_levels}..-1 from the last)"
+        )
+    return [i % num_levels for i in indices]
+
+
 class DecodeHead(nn.Module):
     """Base class: subclasses build ``decode(levels) -> features`` with ``self.channels`` outputs.
 
@@ -33,9 +50,7 @@ class DecodeHead(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        indices = [in_index] if isinstance(in_index, int) else list(in_index)
-        n = len(in_channels)
-        self.in_index = [i % n for i in indices]
+        self.in_index = resolve_levels(in_index, len(in_channels))
         self.in_channels = [in_channels[i] for i in self.in_index]
         self.in_reductions = [reductions[i] for i in self.in_index]
         self.channels = channels

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from picoseg.models.heads.base import DecodeHead, resize_to
+from picoseg.models.heads.base import DecodeHead, resize_to, resolve_levels
 from picoseg.models.layers import ConvBNReLU
 
 
@@ -37,8 +37,7 @@ class FCNHead(DecodeHead):
         dropout: float = 0.1,
     ) -> None:
         if channels is None:
-            indices = [in_index] if isinstance(in_index, int) else in_index
-            channels = sum(in_channels[i] for i in indices)
+            channels = sum(in_channels[i] for i in resolve_levels(in_index, len(in_channels)))
         super().__init__(in_channels, reductions, num_classes, in_index, channels, dropout)
         layers: list[nn.Module] = []
         width = sum(self.in_channels)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from picoseg.models.heads.base import DecodeHead, resize_to
+from picoseg.models.heads.base import DecodeHead, resize_to, resolve_levels
 from picoseg.models.layers import ConvBNReLU
 from picoseg.models.output import SegmentationOutput
 
@@ -154,8 +154,7 @@ class OCRHead(DecodeHead):
         if aux_in_index is None:
             self.aux_index = list(self.in_index)
         else:
-            indices = [aux_in_index] if isinstance(aux_in_index, int) else list(aux_in_index)
-            self.aux_index = [i % len(in_channels) for i in indices]
+            self.aux_index = resolve_levels(aux_in_index, len(in_channels))
         self.aux_reductions = [reductions[i] for i in self.aux_index]
         aux_width = sum(in_channels[i] for i in self.aux_index)
         aux_channels = aux_width if aux_channels is None else aux_channels
