@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 
 from picoseg.inference import predict_probabilities
 from picoseg.metrics import confusion_metric, iou_from_confusion
+from picoseg.models.output import SegmentationOutput
 from picoseg.models.segmentor import Segmentor
 
 if TYPE_CHECKING:
@@ -65,6 +66,10 @@ class SegmentationSystem(L.LightningModule):
         contrast_weight: lambda.
         contrast_warmup_steps: optimiser steps with the contrast weighted 0.
         aux_weight: weight of each auxiliary cross-entropy term.
+        criterion: ``criterion(output, labels) -> {name: weighted term}`` replacing ``L_CE``
+            (e.g. :class:`~picoseg.mask_classification.MaskClassificationLoss` for MaskFormer);
+            the terms are summed and each is logged as ``train/<name>``, while ``train/ce`` of
+            the logits is still logged (without gradient) to compare runs. ``None``: ``L_CE``.
     """
 
     def __init__(
@@ -81,6 +86,8 @@ class SegmentationSystem(L.LightningModule):
         contrast_weight: float = 0.1,
         contrast_warmup_steps: int = 0,
         aux_weight: float = 0.4,
+        criterion: Callable[[SegmentationOutput, torch.Tensor], dict[str, torch.Tensor]]
+        | None = None,
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:
@@ -109,6 +116,7 @@ class SegmentationSystem(L.LightningModule):
         self.contrast_weight = contrast_weight
         self.contrast_warmup_steps = contrast_warmup_steps
         self.aux_weight = aux_weight
+        self.criterion = criterion
         self.val_confusion = confusion_metric(num_classes, ignore_index)
         #: The resolved run configuration; train.py sets it so checkpoints can rebuild the model.
         self.run_config: dict | None = None
@@ -127,8 +135,16 @@ class SegmentationSystem(L.LightningModule):
         images, labels = batch["image"], batch["mask"]
         log = functools.partial(self.log, batch_size=images.shape[0])
         out = self.network(images)
-        ce = masked_cross_entropy(out.logits, labels, self.ignore_index)
-        loss = ce
+        if self.criterion is None:
+            ce = masked_cross_entropy(out.logits, labels, self.ignore_index)
+            loss = ce
+        else:
+            terms = self.criterion(out, labels)
+            loss = sum(terms.values())
+            for name, term in terms.items():
+                log(f"train/{name}", term.detach())
+            with torch.no_grad():
+                ce = masked_cross_entropy(out.logits, labels, self.ignore_index)
         for name, aux in out.aux_logits.items():
             aux_ce = masked_cross_entropy(aux, labels, self.ignore_index)
             loss = loss + self.aux_weight * aux_ce

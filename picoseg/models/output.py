@@ -17,8 +17,18 @@ class SegmentationOutput:
             classifier; PiCo's projection head reads them. Usually h' == h.
         aux_logits: named auxiliary class scores for deep supervision (e.g. OCRNet's soft object
             regions), each (B, num_classes, h'', w''); empty for most heads.
+        class_logits: (B, N, num_classes + 1) class scores of N mask predictions, the last class
+            being "no object"; set by mask classification heads (MaskFormer), else ``None``.
+        mask_logits: (B, N, h, w) mask logits (before the sigmoid) of the same N predictions, at
+            the stride of ``logits``; set by mask classification heads, else ``None``.
+        aux_mask_outputs: ``(class_logits, mask_logits)`` of each earlier decoder layer, shaped
+            as those two, for deep supervision; filled by mask classification heads in training
+            mode only, else empty.
     """
 
     logits: torch.Tensor
     features: torch.Tensor
     aux_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    class_logits: torch.Tensor | None = None
+    mask_logits: torch.Tensor | None = None
+    aux_mask_outputs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
