@@ -150,3 +150,50 @@ def test_predict_writes_id_and_colour_masks(trained_run, tmp_path):
         assert ids.shape == (height, width) and ids.max() < 9
         with Image.open(out / f"{name}_color.png") as colour:
             assert colour.mode == "RGB" and colour.size == (width, height)
+
+
+def test_export_cli_writes_an_onnx_model_equal_to_the_checkpoint(trained_run, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from picoseg.evaluate import load_run
+    from picoseg.export import ExportedSegmentor
+
+    run_dir, _ = trained_run
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    _run(
+        "picoseg.export",
+        [f"ckpt_path={ckpt}", "input_size=[64,64]", f"hydra.run.dir={tmp_path / 'export_run'}"],
+        cwd=run_dir.parent,
+    )
+    path = run_dir / "export" / "model.onnx"
+    assert path.is_file()
+    _, model = load_run(ckpt)
+    images = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        expected = ExportedSegmentor(model.network.eval())(images)
+    (logits,) = ort.InferenceSession(str(path)).run(None, {"images": images.numpy()})
+    torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_embeddings_cli_writes_scores_and_plots(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    out = tmp_path / "embeddings"
+    proc = _run(
+        "picoseg.embeddings",
+        [
+            f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+            "pixels_per_class=15",
+            f"output={out}",
+            f"hydra.run.dir={tmp_path / 'embeddings_run'}",
+        ],
+        cwd=run_dir.parent,
+    )
+    scores = json.loads((out / "separation.json").read_text())
+    # The debug run trains PiCo, so both the decoder and the projection embeddings are scored.
+    assert set(scores) == {"decoder", "projection"}
+    for source, s in scores.items():
+        assert -1.0 <= s["inter"] <= s["intra"] + 1.0 and -1.0 <= s["silhouette"] <= 1.0
+        assert s["num_pixels"] <= 15 * 9
+        assert (out / f"{source}_tsne.png").is_file()
+        assert f"{source}: intra" in proc.stdout.replace("  ", " ").replace("  ", " ")
+    with open(out / "separation.csv") as f:
+        assert [row["source"] for row in csv.DictReader(f)] == ["decoder", "projection"]

@@ -1,0 +1,251 @@
+"""Look at what PiCo does to the embedding space:
+``python -m picoseg.embeddings ckpt_path=PATH [pixels_per_class=200] [method=tsne]``.
+
+Samples the same number of pixels of every class from the validation images (class-balanced, with
+a fixed seed), takes their decoder embeddings (``SegmentationOutput.features``, what the classifier
+and the projection head read) and, when the run trained one, their projection-head embeddings,
+and for each:
+
+- prints and saves a separation score: the mean cosine similarity of pixel pairs of the same class
+  (intra), of pixel pairs of different classes (inter), their difference (intra - inter; higher
+  is better separated) and the silhouette score with the cosine distance;
+- draws a 2-D t-SNE (scikit-learn) of the samples in the dataset's palette.
+
+Outputs go to ``<run dir>/embeddings/`` unless ``output`` is set: ``separation.json``,
+``separation.csv`` and ``<source>_<method>.png`` for each source (``decoder``, ``projection``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from picoseg.evaluate import load_run
+from picoseg.system import resize_labels
+from picoseg.visualize import default_palette
+
+matplotlib.use("Agg")
+log = logging.getLogger(__name__)
+
+
+def sample_class_balanced(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    per_class: int,
+    num_classes: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw up to ``per_class`` pixels of every class, uniformly without replacement.
+
+    Args:
+        embeddings: (N, D) pixel embeddings.
+        labels: (N,) class ids; ids outside ``[0, num_classes)`` (the ignore label) are skipped.
+        per_class: pixels drawn per class (all of them for a class with fewer).
+        num_classes: number of classes.
+        generator: random generator for the draw.
+
+    Returns:
+        (M, D) embeddings and (M,) labels, grouped by class in ascending id.
+    """
+    chosen = []
+    for c in range(num_classes):
+        where = (labels == c).nonzero().flatten()
+        if where.numel() > per_class:
+            where = where[torch.randperm(where.numel(), generator=generator)[:per_class]]
+        chosen.append(where)
+    index = torch.cat(chosen)
+    return embeddings[index], labels[index]
+
+
+def separation_scores(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Cosine-similarity separation of labelled embeddings.
+
+    ``intra`` is the mean cosine similarity over all pairs of distinct samples of the same class,
+    first averaged within each class, then over classes (so frequent classes do not dominate);
+    ``inter`` is the mean over all pairs of samples of different classes, averaged per class pair,
+    then over pairs; ``gap`` = intra - inter; ``silhouette`` is the mean silhouette coefficient
+    with cosine distance (1 - cosine similarity). Classes with fewer than 2 samples are left out.
+
+    Args:
+        embeddings: (M, D) embeddings (normalised here).
+        labels: (M,) class ids.
+    """
+    classes = [c for c in labels.unique().tolist() if int((labels == c).sum()) >= 2]
+    keep = torch.isin(labels, torch.tensor(classes, dtype=labels.dtype))
+    z = F.normalize(embeddings[keep].double(), dim=1)
+    y = labels[keep]
+    sim = z @ z.T
+    onehot = torch.stack([(y == c).double() for c in classes])  # (K, M)
+    counts = onehot.sum(1)
+    block = onehot @ sim @ onehot.T  # (K, K) sums of similarities between classes
+    diagonal = (block.diagonal() - counts) / (counts * (counts - 1))  # own pairs, self excluded
+    pairs = block / (counts[:, None] * counts[None, :])
+    off = ~torch.eye(len(classes), dtype=torch.bool)
+    intra = diagonal.mean()
+    inter = pairs[off].mean() if off.any() else torch.tensor(float("nan"))
+    # Silhouette: a = mean distance to the own class (self excluded), b = the smallest mean
+    # distance to another class; s = (b - a) / max(a, b).
+    distance_sums = (1.0 - sim) @ onehot.T  # (M, K)
+    own = onehot.T.bool()  # (M, K)
+    mean_dist = distance_sums / counts[None, :]
+    a = (distance_sums[own] / (counts[None, :].expand_as(own)[own] - 1)).reshape(-1)
+    b = mean_dist.masked_fill(own, float("inf")).min(1).values
+    silhouette = ((b - a) / torch.maximum(a, b)).mean() if len(classes) > 1 else torch.nan
+    return {
+        "intra": float(intra),
+        "inter": float(inter),
+        "gap": float(intra - inter),
+        "silhouette": float(silhouette),
+        "num_pixels": int(y.numel()),
+        "num_classes": len(classes),
+    }
+
+
+@torch.no_grad()
+def collect_embeddings(
+    model: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    per_class: int,
+    num_classes: int,
+    ignore_index: int,
+    seed: int = 0,
+    max_batches: int | None = None,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Class-balanced pixel samples of a trained :class:`~picoseg.system.SegmentationSystem`.
+
+    The labels are nearest-resized to the embedding grid (as in training); every validation
+    pixel is a candidate, and ``per_class`` are drawn per class from all of them.
+
+    Returns:
+        ``{"decoder": (embeddings, labels), "projection": (...)}``, the latter only when the
+        model has a projection head. Both sources use the same pixels.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    decoder, projection, all_labels = [], [], []
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        out = model.network(batch["image"])
+        labels = resize_labels(batch["mask"], out.features.shape[-2:])
+        valid = (labels != ignore_index).flatten()
+        decoder.append(out.features.permute(0, 2, 3, 1).flatten(0, 2)[valid])
+        if model.projection is not None:
+            proj = model.projection(out.features)
+            projection.append(proj.permute(0, 2, 3, 1).flatten(0, 2)[valid])
+        all_labels.append(labels.flatten()[valid])
+    labels = torch.cat(all_labels)
+    index = torch.arange(labels.numel())
+    index, _ = sample_class_balanced(index[:, None], labels, per_class, num_classes, generator)
+    index = index[:, 0]
+    result = {"decoder": (torch.cat(decoder)[index], labels[index])}
+    if projection:
+        result["projection"] = (torch.cat(projection)[index], labels[index])
+    return result
+
+
+def embed_2d(embeddings: torch.Tensor, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """(M, D) -> (M, 2) with t-SNE (cosine metric) or UMAP (needs ``umap-learn``)."""
+    x = F.normalize(embeddings.float(), dim=1).numpy()
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+        return TSNE(
+            n_components=2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed
+        ).fit_transform(x)
+    if method == "umap":
+        try:
+            import umap
+        except ImportError as error:
+            raise ImportError("method=umap needs umap-learn: pip install umap-learn") from error
+        return umap.UMAP(metric="cosine", random_state=seed).fit_transform(x)
+    raise ValueError(f"unknown method {method!r}; expected 'tsne' or 'umap'")
+
+
+def plot_embedding(
+    ax,
+    points: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    title: str,
+) -> None:
+    """Scatter the 2-D points of each class in its palette colour on a matplotlib axis."""
+    for c in np.unique(labels):
+        where = labels == c
+        colour = np.asarray(palette[int(c)], dtype=float) / 255.0
+        ax.scatter(*points[where].T, s=4, color=colour, label=class_names[int(c)], alpha=0.8)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def embeddings(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """Run the tool on ``cfg.ckpt_path``; returns the separation scores per source."""
+    import matplotlib.pyplot as plt
+
+    run_cfg, model = load_run(cfg.ckpt_path)
+    datamodule = instantiate(run_cfg.dataset.datamodule)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    samples = collect_embeddings(
+        model,
+        datamodule.val_dataloader(),
+        cfg.pixels_per_class,
+        model.num_classes,
+        model.ignore_index,
+        seed=cfg.seed,
+        max_batches=cfg.get("max_batches"),
+    )
+    output = Path(cfg.output or Path(cfg.ckpt_path).resolve().parent.parent / "embeddings")
+    output.mkdir(parents=True, exist_ok=True)
+    palette = run_cfg.dataset.get("palette") or default_palette(model.num_classes)
+    scores = {}
+    for source, (z, y) in samples.items():
+        scores[source] = separation_scores(z, y)
+        s = scores[source]
+        print(
+            f"{source:>10}: intra {s['intra']:.3f}  inter {s['inter']:.3f}  gap {s['gap']:.3f}  "
+            f"silhouette {s['silhouette']:.3f}  ({s['num_pixels']} pixels, "
+            f"{s['num_classes']} classes)"
+        )
+        if cfg.method:
+            points = embed_2d(z, cfg.method, cfg.seed)
+            fig, ax = plt.subplots(figsize=(5, 5))
+            plot_embedding(
+                ax, points, y.numpy(), model.class_names, palette, f"{source} ({cfg.method})"
+            )
+            ax.legend(fontsize=6, markerscale=3, loc="best")
+            fig.tight_layout()
+            fig.savefig(output / f"{source}_{cfg.method}.png", dpi=120)
+            plt.close(fig)
+    (output / "separation.json").write_text(json.dumps(scores, indent=2))
+    with open(output / "separation.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["source", "intra", "inter", "gap", "silhouette", "num_pixels"])
+        for source, s in scores.items():
+            writer.writerow(
+                [source, *(f"{s[k]:.6f}" for k in ("intra", "inter", "gap", "silhouette")),
+                 s["num_pixels"]]
+            )  # fmt: skip
+    log.info("embedding scores and plots written to %s", output)
+    return scores
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="embeddings")
+def main(cfg: DictConfig) -> None:
+    embeddings(cfg)
+
+
+if __name__ == "__main__":
+    main()
