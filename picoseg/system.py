@@ -70,6 +70,8 @@ class SegmentationSystem(L.LightningModule):
             (e.g. :class:`~picoseg.mask_classification.MaskClassificationLoss` for MaskFormer);
             the terms are summed and each is logged as ``train/<name>``, while ``train/ce`` of
             the logits is still logged (without gradient) to compare runs. ``None``: ``L_CE``.
+        backbone_lr_mult: learning-rate factor of the backbone's parameters (one parameter
+            group for the backbone, one for the rest; ``train/lr`` logs the rest's).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class SegmentationSystem(L.LightningModule):
         aux_weight: float = 0.4,
         criterion: Callable[[SegmentationOutput, torch.Tensor], dict[str, torch.Tensor]]
         | None = None,
+        backbone_lr_mult: float = 1.0,
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:
@@ -117,6 +120,7 @@ class SegmentationSystem(L.LightningModule):
         self.contrast_warmup_steps = contrast_warmup_steps
         self.aux_weight = aux_weight
         self.criterion = criterion
+        self.backbone_lr_mult = backbone_lr_mult
         self.val_confusion = confusion_metric(num_classes, ignore_index)
         #: The resolved run configuration; train.py sets it so checkpoints can rebuild the model.
         self.run_config: dict | None = None
@@ -172,7 +176,7 @@ class SegmentationSystem(L.LightningModule):
                 log("train/memory_fill", self.memory.fill_fraction().mean())
             result = {"projections": projections.detach(), "embedding_labels": embedding_labels}
         log("train/loss", loss)
-        log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        log("train/lr", self.trainer.optimizers[0].param_groups[-1]["lr"])
         return {"loss": loss, **result}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -211,7 +215,18 @@ class SegmentationSystem(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        if self.backbone_lr_mult == 1.0:
+            optimizer = self.optimizer_factory(params)
+        else:
+            backbone = {id(p) for p in self.network.backbone.parameters()}
+            optimizer = self.optimizer_factory(
+                [
+                    {"params": [p for p in params if id(p) in backbone], "name": "backbone"},
+                    {"params": [p for p in params if id(p) not in backbone], "name": "rest"},
+                ]
+            )
+            # Scaled before the scheduler records each group's base rate.
+            optimizer.param_groups[0]["lr"] *= self.backbone_lr_mult
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

@@ -188,3 +188,14 @@ def test_switching_off_a_component_sized_by_the_experiment(compose_config):
     cfg = compose_config(["experiment=scenes_pico"])
     model = _build_model(cfg)
     assert model.memory.pixel_size == 2000 and model.contrast.synthesis is not None
+
+
+def test_experiments_override_the_primary_config(compose_config):
+    # train.yaml lists _self_ first, so experiment files can set its own keys (model.*).
+    assert compose_config([]).model.backbone_lr_mult == 1.0
+    for option in ("segformer_b2_ade20k", "maskformer_r101_cityscapes"):
+        cfg = compose_config([f"experiment={option}"])
+        assert cfg.model.backbone_lr_mult == 0.1
+    cfg = compose_config(["experiment=maskformer_r101_ade20k"])
+    assert cfg.model.criterion._target_.endswith("MaskClassificationLoss")
+    assert cfg.backbone.output_stride is None and cfg.trainer.max_steps == 160000

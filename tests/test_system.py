@@ -100,3 +100,26 @@ def test_validation_with_an_inference_setting_keeps_the_confusion():
     confusion = system.last_val_scores["confusion"]
     assert confusion.shape == (3, 3) and int(confusion.sum()) == 2 * 32 * 32
     assert torch.equal(confusion, default["confusion"])
+
+
+def test_backbone_lr_mult_makes_a_slower_backbone_group_that_the_schedule_keeps():
+    from picoseg.optim import poly_schedule
+
+    system = _system(
+        projection=functools.partial(ProjectionHead, dim=8),
+        contrast=torch.nn.Identity(),
+        backbone_lr_mult=0.1,
+    )
+    optimizer = system.configure_optimizers()
+    backbone, rest = optimizer.param_groups
+    assert backbone["lr"] == pytest.approx(0.01) and rest["lr"] == pytest.approx(0.1)
+    ids = lambda params: {id(p) for p in params}  # noqa: E731
+    assert ids(backbone["params"]) == ids(system.network.backbone.parameters())
+    assert ids(rest["params"]) == ids(system.parameters()) - ids(backbone["params"])
+    assert ids(system.projection.parameters()) <= ids(rest["params"])
+    scheduler = poly_schedule(optimizer, total_steps=4, power=1.0)
+    optimizer.step()
+    scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.0075, 0.075])
+    # Without a factor the optimiser has one group, as before.
+    assert len(_system().configure_optimizers().param_groups) == 1
