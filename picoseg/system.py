@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
+import logging
+import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.optim import Optimizer
 
@@ -18,7 +22,9 @@ from picoseg.models.output import SegmentationOutput
 from picoseg.models.segmentor import Segmentor
 
 if TYPE_CHECKING:
-    from picoseg.contrast import MemoryBank, PixelContrastLoss
+    from picoseg.contrast import ContrastOutput, MemoryBank, PixelContrastLoss
+
+_log = logging.getLogger(__name__)
 
 
 def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -31,6 +37,47 @@ def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         return labels
     resized = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")
     return resized[:, 0].long()
+
+
+def global_rng_state() -> dict[str, Any]:
+    """The global random states of torch (CPU, and the current CUDA device once CUDA is in use),
+    NumPy and Python.
+
+    Only tensors and plain Python values, so checkpoints holding it load with
+    ``torch.load(weights_only=True)``. :func:`set_global_rng_state` restores it.
+    """
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": random.getstate(),
+    }
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    """Restores a :func:`global_rng_state` (the CUDA state into the current CUDA device, when
+    there is one; every DDP rank receives the state rank 0 saved)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def masked_cross_entropy(
@@ -72,6 +119,26 @@ class SegmentationSystem(L.LightningModule):
             the logits is still logged (without gradient) to compare runs. ``None``: ``L_CE``.
         backbone_lr_mult: learning-rate factor of the backbone's parameters (one parameter
             group for the backbone, one for the rest; ``train/lr`` logs the rest's).
+        compile: ``torch.compile`` the network's backbone and head (in place, with
+            ``nn.Module.compile``: parameter names and checkpoints are unchanged) when fitting
+            starts. The projection head, the loss, the sampler and the memory stay eager; the
+            evaluation and export entry points never compile.
+        compile_mode: ``torch.compile``'s ``mode`` (``None``: its default).
+        compile_backend: ``torch.compile``'s ``backend`` (``"eager"`` only traces, for tests).
+
+    Mixed precision (``trainer.precision=bf16-mixed`` or ``16-mixed``) runs the network under
+    autocast; the cross-entropy reads float32 logits, and the projection head and the contrast
+    run in float32 outside autocast.
+
+    A step whose total loss is not finite (NaN or inf) is skipped: its gradients are dropped
+    before the optimiser step, so the weights and the optimiser state are unchanged (the step
+    still counts for ``global_step`` and the schedule), its keys are not pushed into the memory,
+    a warning names the step, and ``skipped_steps`` (logged as ``train/skipped_steps``, saved in
+    checkpoints) counts it. The check reads one scalar on the host per step.
+
+    Checkpoints also hold the random states (global torch/CUDA/NumPy/Python generators and the
+    sampler's and synthesis's own generators); resuming a fit restores them, so a run resumed
+    at an epoch boundary draws what the uninterrupted run would have drawn.
     """
 
     def __init__(
@@ -91,6 +158,9 @@ class SegmentationSystem(L.LightningModule):
         criterion: Callable[[SegmentationOutput, torch.Tensor], dict[str, torch.Tensor]]
         | None = None,
         backbone_lr_mult: float = 1.0,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        compile_backend: str | Callable[..., Any] = "inductor",
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:
@@ -121,6 +191,13 @@ class SegmentationSystem(L.LightningModule):
         self.aux_weight = aux_weight
         self.criterion = criterion
         self.backbone_lr_mult = backbone_lr_mult
+        #: ``torch.compile`` keyword arguments for the backbone and head; ``None``: eager.
+        self.compile_options: dict[str, Any] | None = (
+            {"mode": compile_mode, "backend": compile_backend} if compile else None
+        )
+        #: Training steps skipped because their loss was not finite (saved in checkpoints).
+        self.skipped_steps = 0
+        self._drop_gradients = False
         self.val_confusion = confusion_metric(num_classes, ignore_index)
         #: The resolved run configuration; train.py sets it so checkpoints can rebuild the model.
         self.run_config: dict | None = None
@@ -134,6 +211,32 @@ class SegmentationSystem(L.LightningModule):
 
     def current_contrast_weight(self) -> float:
         return 0.0 if self.global_step < self.contrast_warmup_steps else self.contrast_weight
+
+    def contrast_term(
+        self, out: SegmentationOutput, labels: torch.Tensor
+    ) -> tuple[ContrastOutput, torch.Tensor, torch.Tensor]:
+        """The contrast loss of a network output, computed in float32 outside autocast.
+
+        Args:
+            out: the network's output (its ``features`` may be bfloat16/float16 under autocast).
+            labels: (B, H, W) int64 ground truth.
+
+        Returns:
+            The :class:`~picoseg.contrast.ContrastOutput`, the float32 projections
+            (B, D, h, w) and the labels nearest-resized to their grid (B, h, w).
+        """
+        assert self.contrast is not None and self.projection is not None
+        with torch.autocast(device_type=labels.device.type, enabled=False):
+            projections = self.projection(out.features.float())
+            size = projections.shape[-2:]
+            embedding_labels = resize_labels(labels, size)
+            predictions = out.logits.detach()
+            if predictions.shape[-2:] != size:
+                predictions = F.interpolate(predictions, size=size, mode="bilinear")
+            contrast = self.contrast(
+                projections, embedding_labels, predictions.argmax(dim=1), self.memory
+            )
+        return contrast, projections, embedding_labels
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         images, labels = batch["image"], batch["mask"]
@@ -156,15 +259,7 @@ class SegmentationSystem(L.LightningModule):
         log("train/ce", ce, prog_bar=True)
         result: dict[str, Any] = {}
         if self.contrast is not None:
-            projections = self.projection(out.features)
-            size = projections.shape[-2:]
-            embedding_labels = resize_labels(labels, size)
-            predictions = out.logits.detach()
-            if predictions.shape[-2:] != size:
-                predictions = F.interpolate(predictions, size=size, mode="bilinear")
-            contrast = self.contrast(
-                projections, embedding_labels, predictions.argmax(dim=1), self.memory
-            )
+            contrast, projections, embedding_labels = self.contrast_term(out, labels)
             weight = self.current_contrast_weight()
             loss = loss + weight * contrast.loss
             log("train/nce", contrast.loss.detach(), prog_bar=True)
@@ -177,7 +272,42 @@ class SegmentationSystem(L.LightningModule):
             result = {"projections": projections.detach(), "embedding_labels": embedding_labels}
         log("train/loss", loss)
         log("train/lr", self.trainer.optimizers[0].param_groups[-1]["lr"])
+        finite = self._loss_is_finite_everywhere(loss)
+        if not finite:
+            self.skipped_steps += 1
+            self._drop_gradients = True
+            _log.warning(
+                "training step %d (epoch %d, batch %d): the loss is not finite (%s); the "
+                "optimiser step is skipped (%d skipped so far)",
+                self.global_step,
+                self.current_epoch,
+                batch_idx,
+                float(loss.detach()),
+                self.skipped_steps,
+            )
+        log("train/skipped_steps", float(self.skipped_steps))
+        if not finite:
+            # A stand-in with zero gradients for every parameter: every rank still runs the same
+            # backward (DDP's gradient reduction stays in step), and on_before_optimizer_step
+            # drops the gradients. No projections: nothing is pushed into the memory.
+            params = [p for p in self.parameters() if p.requires_grad]
+            return {"loss": sum(p.sum() for p in params) * 0.0}
         return {"loss": loss, **result}
+
+    def _loss_is_finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (one host read; a collective under DDP)."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return not bool(bad > 0)
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        if self._drop_gradients:
+            # Optimisers skip parameters without a gradient: no update, no state change.
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None
+            self._drop_gradients = False
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         images, labels = batch["image"], batch["mask"]
@@ -236,6 +366,52 @@ class SegmentationSystem(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def setup(self, stage: str) -> None:
+        if stage == TrainerFn.FITTING and self.compile_options is not None:
+            self.compile_network()
+
+    def compile_network(self) -> None:
+        """Compiles the network's backbone and head in place (``nn.Module.compile``), once."""
+        if self.compile_options is None:
+            raise ValueError("compile_network: this system was built with compile=False")
+        for module in (self.network.backbone, self.network.head):
+            if getattr(module, "_compiled_call_impl", None) is None:
+                module.compile(**self.compile_options)
+
+    def rng_state(self) -> dict[str, Any]:
+        """The random states a resumed fit needs: global generators, and the sampler's and the
+        synthesis's own generators (those exist only when they are given a ``seed``)."""
+        state: dict[str, Any] = {"global": global_rng_state()}
+        for name, holder in self._rng_holders().items():
+            state[name] = holder.rng_state()
+        return state
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        """Restores a :meth:`rng_state`."""
+        set_global_rng_state(state["global"])
+        for name, holder in self._rng_holders().items():
+            if name in state:
+                holder.load_rng_state(state[name])
+
+    def _rng_holders(self) -> dict[str, Any]:
+        holders = {}
+        for name in ("sampler", "synthesis"):
+            holder = getattr(self.contrast, name, None)
+            if hasattr(holder, "rng_state"):
+                holders[name] = holder
+        return holders
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint["picoseg_config"] = self.run_config
+        checkpoint["picoseg_skipped_steps"] = self.skipped_steps
+        checkpoint["picoseg_rng"] = self.rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Only when resuming a fit: validating or testing a checkpoint leaves the random
+        # states and the counter of the current run alone.
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.skipped_steps = int(checkpoint.get("picoseg_skipped_steps", 0))
+        if "picoseg_rng" in checkpoint:
+            self.load_rng_state(checkpoint["picoseg_rng"])

@@ -4,11 +4,17 @@ The run directory (``outputs/train/runs/<time>`` by default) receives the checkp
 (``checkpoints/best.ckpt`` and ``last.ckpt``), the logs, and after training the best
 checkpoint's ``per_class_iou.csv``, ``metrics.json`` and ``val_predictions.png``.
 Returns the best validation mIoU, so Hydra sweepers can optimise it.
+
+``ckpt_path=<file>`` resumes a run from a checkpoint, ``ckpt_path=last`` from the most recent
+``last.ckpt`` (see :func:`resolve_ckpt_path`): weights, optimiser, scheduler, step, memory bank,
+skipped-step count and random states are restored, and the new run directory receives the
+continued logs and checkpoints.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -21,6 +27,42 @@ from picoseg.evaluate import write_report
 from picoseg.system import SegmentationSystem
 
 log = logging.getLogger(__name__)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
+    """The checkpoint a run resumes from.
+
+    Args:
+        ckpt_path: ``None`` (start afresh), a checkpoint file (or a URL, passed on unchecked), or
+            ``"last"``: this run directory's ``checkpoints/last.ckpt`` when it exists (resume in
+            place with ``hydra.run.dir=<the old run>``), otherwise the most recently written
+            ``*/checkpoints/last.ckpt`` among the run directories next to this one (with the
+            default layout: the newest run under ``outputs/train/runs/``).
+        output_dir: this run's directory.
+
+    Raises:
+        FileNotFoundError: the file does not exist, or ``last`` finds no checkpoint.
+    """
+    if ckpt_path is None:
+        return None
+    ckpt_path = str(ckpt_path)
+    if "://" in ckpt_path:
+        return ckpt_path
+    if ckpt_path != "last":
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        return ckpt_path
+    run_dir = Path(output_dir)
+    own = run_dir / "checkpoints" / "last.ckpt"
+    if own.is_file():
+        return str(own)
+    siblings = list(run_dir.parent.glob("*/checkpoints/last.ckpt"))
+    if not siblings:
+        raise FileNotFoundError(
+            f"ckpt_path=last: neither {own} nor any {run_dir.parent}/*/checkpoints/last.ckpt "
+            "exists; give the checkpoint file, or hydra.run.dir=<the run to resume>"
+        )
+    return str(max(siblings, key=lambda p: p.stat().st_mtime))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -43,7 +85,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(run_config)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)

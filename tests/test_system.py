@@ -123,3 +123,41 @@ def test_backbone_lr_mult_makes_a_slower_backbone_group_that_the_schedule_keeps(
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.0075, 0.075])
     # Without a factor the optimiser has one group, as before.
     assert len(_system().configure_optimizers().param_groups) == 1
+
+
+def test_compile_wraps_only_backbone_and_head_when_fitting_and_keeps_outputs():
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):  # an eager backend that counts graphs
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch.manual_seed(0)
+    system = _system(
+        projection=functools.partial(ProjectionHead, dim=8),
+        contrast=torch.nn.Identity(),
+        compile=True,
+        compile_backend=counting_backend,
+    ).eval()
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = system.network(images)
+    names = list(system.state_dict())
+    system.setup("validate")  # evaluation does not compile
+    assert system.network.backbone._compiled_call_impl is None
+    system.setup("fit")
+    try:
+        assert system.network.backbone._compiled_call_impl is not None
+        assert system.network.head._compiled_call_impl is not None
+        assert system.network._compiled_call_impl is None
+        assert system.projection._compiled_call_impl is None
+        with torch.no_grad():
+            compiled = system.network(images)
+        assert graphs  # dynamo really traced the modules
+        torch.testing.assert_close(compiled.logits, expected.logits)
+        torch.testing.assert_close(compiled.features, expected.features)
+        assert list(system.state_dict()) == names  # checkpoints keep their parameter names
+    finally:
+        torch._dynamo.reset()
+    with pytest.raises(ValueError, match="compile=False"):
+        _system().compile_network()

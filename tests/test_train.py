@@ -197,3 +197,12 @@ def test_embeddings_cli_writes_scores_and_plots(trained_run, tmp_path):
         assert f"{source}: intra" in proc.stdout.replace("  ", " ").replace("  ", " ")
     with open(out / "separation.csv") as f:
         assert [row["source"] for row in csv.DictReader(f)] == ["decoder", "projection"]
+
+
+def test_last_checkpoint_is_the_end_of_training(trained_run):
+    run_dir, _ = trained_run
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    # debug=fast: 2 epochs of 4 steps; last.ckpt holds the final step whichever epoch was best.
+    assert last["global_step"] == 8 and last["epoch"] == 1
+    assert best["global_step"] in (4, 8)

@@ -21,7 +21,7 @@ images x classes:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -809,6 +809,26 @@ def select_keys(
 # --------------------------------------------------------------------------------------------------
 
 
+def generator_states(generators: Mapping[torch.device, torch.Generator]) -> dict[str, Tensor]:
+    """``{device name: state}`` of per-device generators (CPU uint8 tensors, checkpoint-safe)."""
+    return {str(device): generator.get_state() for device, generator in generators.items()}
+
+
+def restore_generators(states: Mapping[str, Tensor]) -> dict[torch.device, torch.Generator]:
+    """Generators rebuilt from :func:`generator_states`, skipping CUDA devices that are absent."""
+    generators = {}
+    for name, state in states.items():
+        device = torch.device(name)
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
+            continue
+        generator = torch.Generator(device=device)
+        generator.set_state(state.cpu())
+        generators[device] = generator
+    return generators
+
+
 class PixelSampler:
     """Anchor sampling and key selection strategies with their sizes (Hydra group ``sampler``).
 
@@ -879,6 +899,19 @@ class PixelSampler:
             f"num_positives={self.num_positives}, num_negatives={self.num_negatives}, "
             f"semi_hard_fraction={self.semi_hard_fraction}, seed={self.seed})"
         )
+
+    def rng_state(self) -> dict[str, Tensor]:
+        """The states of the sampler's own generators by device name (empty without a seed).
+
+        The training system saves them in checkpoints, so that a resumed run draws the anchors
+        and keys the uninterrupted run would have drawn (see :meth:`load_rng_state`).
+        """
+        return generator_states(self._generators)
+
+    def load_rng_state(self, state: Mapping[str, Tensor]) -> None:
+        """Restores generators saved by :meth:`rng_state` (a device this machine lacks is
+        skipped: its generator starts again from ``seed`` on first use)."""
+        self._generators.update(restore_generators(state))
 
     def generator(self, device: torch.device) -> torch.Generator | None:
         """The sampler's own generator on ``device``, or None (global RNG) without a seed."""

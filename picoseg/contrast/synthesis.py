@@ -20,11 +20,13 @@ for any key. The loss therefore never builds the (N, K, D) vectors: ``a . n = w_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from picoseg.contrast.sampling import generator_states, restore_generators
 
 
 @dataclass
@@ -234,6 +236,15 @@ class NegativeSynthesis(nn.Module):
             f"hard_pool={self.hard_pool}, neg_neg_mix={self.neg_neg_mix}, "
             f"neg_anchor_mix={self.neg_anchor_mix}"
         )
+
+    def rng_state(self) -> dict[str, Tensor]:
+        """The states of the private generators by device name (empty without a seed); saved in
+        checkpoints by the training system so that a resumed run draws the same mixtures."""
+        return generator_states(self._generators)
+
+    def load_rng_state(self, state: Mapping[str, Tensor]) -> None:
+        """Restores generators saved by :meth:`rng_state`."""
+        self._generators.update(restore_generators(state))
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
         if self.seed is None:

@@ -123,7 +123,7 @@ def _system(network, **kwargs) -> tuple[SegmentationSystem, dict]:
     logged: dict = {}
     system.log = lambda name, value, **_: logged.__setitem__(name, value)
     optimizer = torch.optim.SGD(system.parameters(), lr=0.1)
-    system._trainer = SimpleNamespace(optimizers=[optimizer], global_step=5)
+    system._trainer = SimpleNamespace(optimizers=[optimizer], global_step=5, world_size=1)
     return system, logged
 
 

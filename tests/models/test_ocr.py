@@ -145,7 +145,7 @@ def test_training_step_adds_the_region_ce(monkeypatch, resnet18):
     ).eval()  # eval: no dropout, BN from running stats, so both calls see the same network
     monkeypatch.setattr(system, "log", lambda *args, **kwargs: None)
     optimizer = torch.optim.SGD(system.parameters(), lr=0.1)
-    system._trainer = SimpleNamespace(optimizers=[optimizer])
+    system._trainer = SimpleNamespace(optimizers=[optimizer], world_size=1)
     labels = torch.randint(0, 3, (2, 32, 32))
     labels[:, :8] = 255
     batch = {"image": torch.randn(2, 3, 32, 32), "mask": labels}
