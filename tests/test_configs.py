@@ -199,3 +199,26 @@ def test_experiments_override_the_primary_config(compose_config):
     cfg = compose_config(["experiment=maskformer_r101_ade20k"])
     assert cfg.model.criterion._target_.endswith("MaskClassificationLoss")
     assert cfg.backbone.output_stride is None and cfg.trainer.max_steps == 160000
+
+
+def test_hparams_search_space_builds_at_its_bounds(compose_config):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper")
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = compose_config(["hparams_search=optuna"]).hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    parser = OverridesParser.create()
+    bounds = {}
+    for key, text in sweeper.params.items():
+        sweep = parser.parse_override(f"{key}={text}").value()
+        values = list(sweep.list) if hasattr(sweep, "list") else [sweep.start, sweep.end]
+        bounds[key] = (min(values), max(values))
+    assert set(bounds) == {"model.contrast_weight", "model.contrast.temperature", "optimizer.lr"}
+    for end in (0, 1):
+        chosen = {key: pair[end] for key, pair in bounds.items()}
+        cfg = compose_config(["hparams_search=optuna", *(f"{k}={v}" for k, v in chosen.items())])
+        model = _build_model(cfg)
+        assert model.contrast_weight == chosen["model.contrast_weight"]
+        assert model.contrast.temperature == chosen["model.contrast.temperature"]
+        optimizer = model.optimizer_factory(model.parameters())
+        assert optimizer.param_groups[0]["lr"] == chosen["optimizer.lr"]
