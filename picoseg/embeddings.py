@@ -190,22 +190,36 @@ def plot_embedding(
     ax.set_xticks([]), ax.set_yticks([])
 
 
-def embeddings(cfg: DictConfig) -> dict[str, dict[str, float]]:
-    """Run the tool on ``cfg.ckpt_path``; returns the separation scores per source."""
-    import matplotlib.pyplot as plt
+def checkpoint_samples(
+    ckpt_path: str | Path, pixels_per_class: int, seed: int = 0, max_batches: int | None = None
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], DictConfig, torch.nn.Module]:
+    """:func:`collect_embeddings` on the validation split of a checkpoint's own dataset.
 
-    run_cfg, model = load_run(cfg.ckpt_path)
+    Returns:
+        The samples per source, the run configuration and the trained system.
+    """
+    run_cfg, model = load_run(ckpt_path)
     datamodule = instantiate(run_cfg.dataset.datamodule)
     datamodule.prepare_data()
     datamodule.setup("validate")
     samples = collect_embeddings(
         model,
         datamodule.val_dataloader(),
-        cfg.pixels_per_class,
+        pixels_per_class,
         model.num_classes,
         model.ignore_index,
-        seed=cfg.seed,
-        max_batches=cfg.get("max_batches"),
+        seed=seed,
+        max_batches=max_batches,
+    )
+    return samples, run_cfg, model
+
+
+def embeddings(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """Run the tool on ``cfg.ckpt_path``; returns the separation scores per source."""
+    import matplotlib.pyplot as plt
+
+    samples, run_cfg, model = checkpoint_samples(
+        cfg.ckpt_path, cfg.pixels_per_class, cfg.seed, cfg.get("max_batches")
     )
     output = Path(cfg.output or Path(cfg.ckpt_path).resolve().parent.parent / "embeddings")
     output.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,267 @@
+"""Does PiCo help? CE vs PiCo on the embedded ``scenes`` dataset, several seeds, plus the ablation
+of PiCo's components, on this machine.
+
+Every run is a real ``python -m picoseg.train`` (``experiment=scenes_ce`` or ``scenes_pico``, the
+same model, data, optimiser and budget) in its own directory under ``--output``. Then, for every
+run, the best checkpoint's decoder embeddings of class-balanced validation pixels are scored
+(:func:`picoseg.embeddings.separation_scores`: intra- vs inter-class cosine similarity, their gap
+and the cosine silhouette).
+
+Ablation (first seed only), each adding one component to the previous row:
+
+1. ``p2p``: pixel-to-pixel contrast only, pixel queue, random anchors and keys, no synthesis;
+2. ``+region``: + pixel-to-region contrast with the region memory;
+3. ``+hard``: + segmentation-aware anchors and semi-hard keys;
+4. ``+synthesis``: + both hard negative syntheses = the full PiCo run of that seed.
+
+Writes ``runs.csv`` (one row per run), ``summary.md`` (per-run table, mean +- std per method, the
+ablation table, wall times) and ``tsne_ce_vs_pico.png`` (decoder embeddings of the first seed's
+CE and PiCo runs side by side) into ``--output``. A run whose ``metrics.json`` already exists is
+not trained again, so an interrupted study resumes.
+
+Usage: ``python scripts/compare_ce_pico.py [--seeds 0 1 2] [--epochs 6] [--output DIR]
+[--no-ablation] [--pixels-per-class 200] [-- extra Hydra overrides]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+from PIL import Image
+
+from picoseg.embeddings import checkpoint_samples, embed_2d, plot_embedding, separation_scores
+from picoseg.visualize import default_palette
+
+METHODS = {"ce": ["experiment=scenes_ce"], "pico": ["experiment=scenes_pico"]}
+ABLATION = {
+    "p2p": [
+        "experiment=scenes_pico",
+        "loss=pico_pixel",
+        "memory=pixel",
+        "sampler=random",
+        "sampler.key_strategy=random",
+        "synthesis=none",
+    ],
+    "+region": [
+        "experiment=scenes_pico",
+        "memory=pixel_region",
+        "sampler=random",
+        "sampler.key_strategy=random",
+        "synthesis=none",
+    ],
+    "+hard": ["experiment=scenes_pico", "synthesis=none"],
+}
+
+
+def train_run(name: str, overrides: list[str], output: Path, data_dir: Path) -> dict:
+    """Train one run unless its metrics exist; returns its metrics with the wall time."""
+    run_dir = output / name
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.is_file():
+        start = time.perf_counter()
+        command = [
+            sys.executable, "-m", "picoseg.train", *overrides,
+            f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", "logger=csv",
+        ]  # fmt: skip
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(command[3:])}", flush=True)
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"run {name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+    metrics = json.loads(metrics_file.read_text())
+    wall = run_dir / "wall_seconds.txt"
+    metrics["wall_s"] = float(wall.read_text()) if wall.is_file() else float("nan")
+    metrics["run_dir"] = str(run_dir)
+    return metrics
+
+
+def rarest_classes(train_masks: Path, class_names: list[str], ignore_index: int, k: int = 3):
+    """The ``k`` classes with the fewest training pixels, rarest first."""
+    counts = np.zeros(len(class_names), dtype=np.int64)
+    for path in sorted(train_masks.glob("*.png")):
+        ids = np.asarray(Image.open(path))
+        ids = ids[ids != ignore_index]
+        counts += np.bincount(ids.ravel(), minlength=len(class_names))[: len(class_names)]
+    order = np.argsort(counts)
+    return [class_names[i] for i in order[:k]], counts
+
+
+def embedding_scores(run_dir: Path, pixels_per_class: int) -> tuple[dict, tuple]:
+    """Separation scores of the decoder embeddings of a run's best checkpoint (and the samples)."""
+    samples, run_cfg, model = checkpoint_samples(
+        run_dir / "checkpoints" / "best.ckpt", pixels_per_class, seed=0
+    )
+    z, y = samples["decoder"]
+    return separation_scores(z, y), (z, y, run_cfg, model.class_names)
+
+
+def epoch_means(run_dir: Path, key: str) -> list[float]:
+    """Mean of a logged training value per epoch, from the run's ``csv/metrics.csv``."""
+    by_epoch: dict[int, list[float]] = {}
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            if row.get(key):
+                by_epoch.setdefault(int(row["epoch"]), []).append(float(row[key]))
+    return [statistics.mean(by_epoch[e]) for e in sorted(by_epoch)]
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} +- {100 * statistics.stdev(values):.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--output", type=Path, default=Path("outputs/study"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--pixels-per-class", type=int, default=200)
+    parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = parser.parse_args()
+    output = args.output.resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    common = [f"trainer.max_epochs={args.epochs}", *args.overrides]
+    study_start = time.perf_counter()
+
+    runs = []  # (method, seed, name)
+    for seed in args.seeds:
+        for method in METHODS:
+            runs.append((method, seed, f"{method}_seed{seed}", [*METHODS[method], f"seed={seed}"]))
+    if not args.no_ablation:
+        seed = args.seeds[0]
+        for step, overrides in ABLATION.items():
+            name = f"ablation_{step.lstrip('+')}_seed{seed}"
+            runs.append((step, seed, name, [*overrides, f"seed={seed}"]))
+
+    rows, samples = [], {}
+    for method, seed, name, overrides in runs:
+        metrics = train_run(name, [*overrides, *common], output, args.data_dir.resolve())
+        scores, sample = embedding_scores(Path(metrics["run_dir"]), args.pixels_per_class)
+        if seed == args.seeds[0] and method in METHODS:
+            samples[method] = sample
+        run_dir = Path(metrics["run_dir"])
+        curves = {k: epoch_means(run_dir, f"train/{k}") for k in ("ce", "nce")}
+        rows.append(
+            {"method": method, "seed": seed, "name": name, **metrics, "sep": scores, **curves}
+        )
+
+    _, _, run_cfg, class_names = samples["ce"]
+    masks = Path(run_cfg.dataset.root) / "masks" / "train"
+    if not masks.is_dir():
+        raise FileNotFoundError(f"{masks}: training masks of the scenes dataset not found")
+    rare, counts = rarest_classes(masks, class_names, run_cfg.dataset.ignore_index)
+    total = counts.sum()
+
+    columns = ["method", "seed", "miou", *[f"iou/{c}" for c in rare], "sep_gap", "silhouette",
+               "intra", "inter", "ce_last_epoch", "nce_first_epoch", "nce_last_epoch",
+               "wall_s"]  # fmt: skip
+    with open(output / "runs.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow(
+                [r["method"], r["seed"], f"{r['miou']:.4f}",
+                 *(f"{(r['iou'][c] or 0.0):.4f}" for c in rare),
+                 *(f"{r['sep'][k]:.4f}" for k in ("gap", "silhouette", "intra", "inter")),
+                 f"{r['ce'][-1]:.4f}",
+                 *((f"{r['nce'][0]:.3f}", f"{r['nce'][-1]:.3f}") if r["nce"] else ("", "")),
+                 f"{r['wall_s']:.0f}"]
+            )  # fmt: skip
+
+    lines = [
+        f"CE vs PiCo on `scenes`, {args.epochs} epochs per run, seeds {args.seeds}; rarest "
+        "classes by training pixels: "
+        + ", ".join(f"{c} ({100 * counts[class_names.index(c)] / total:.1f}%)" for c in rare)
+        + ". mIoU and IoU in %; separation of decoder embeddings (cosine; gap = intra - inter).",
+        "",
+        "| run | seed | mIoU | "
+        + " | ".join(rare)
+        + " | gap | silhouette | train CE (last epoch) | train NCE (first -> last) | wall (s) |",
+        "|---|---:|---:|" + "---:|" * len(rare) + "---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        nce = f"{r['nce'][0]:.2f} -> {r['nce'][-1]:.2f}" if r["nce"] else "-"
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {100 * r['miou']:.1f} | "
+            + " | ".join(f"{100 * (r['iou'][c] or 0.0):.1f}" for c in rare)
+            + f" | {r['sep']['gap']:.3f} | {r['sep']['silhouette']:.3f} | {r['ce'][-1]:.3f}"
+            + f" | {nce} | {r['wall_s']:.0f} |"
+        )
+    lines += ["", "| method | mIoU | " + " | ".join(rare) + " | gap | silhouette |"]
+    lines.append("|---|---:|" + "---:|" * len(rare) + "---:|---:|")
+    for method in METHODS:
+        group = [r for r in rows if r["method"] == method]
+        gap = [r["sep"]["gap"] for r in group]
+        sil = [r["sep"]["silhouette"] for r in group]
+        lines.append(
+            f"| {method} ({len(group)} seeds) | {mean_std([r['miou'] for r in group])} | "
+            + " | ".join(mean_std([r["iou"][c] or 0.0 for r in group]) for c in rare)
+            + f" | {statistics.mean(gap):.3f} +- {statistics.pstdev(gap):.3f}"
+            + f" | {statistics.mean(sil):.3f} +- {statistics.pstdev(sil):.3f} |"
+        )
+    if not args.no_ablation:
+        first = args.seeds[0]
+        lines += [
+            "",
+            f"Ablation (seed {first}):",
+            "",
+            "| components | mIoU | gap |",
+            "|---|---:|---:|",
+        ]
+        ce = next(r for r in rows if r["method"] == "ce" and r["seed"] == first)
+        lines.append(f"| CE only | {100 * ce['miou']:.1f} | {ce['sep']['gap']:.3f} |")
+        for step in ABLATION:
+            r = next(r for r in rows if r["method"] == step)
+            lines.append(f"| {step} | {100 * r['miou']:.1f} | {r['sep']['gap']:.3f} |")
+        pico = next(r for r in rows if r["method"] == "pico" and r["seed"] == first)
+        lines.append(
+            f"| +synthesis (= PiCo) | {100 * pico['miou']:.1f} | {pico['sep']['gap']:.3f} |"
+        )
+    wall = time.perf_counter() - study_start
+    trained = sum(r["wall_s"] for r in rows)
+    lines += [
+        "",
+        f"Wall time: {trained / 60:.1f} min of training ({len(rows)} runs, each timed when it "
+        f"trained); this invocation {wall / 60:.1f} min (runs already trained are reused).",
+    ]
+    (output / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    palette = run_cfg.dataset.get("palette") or default_palette(len(class_names))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    for ax, method in zip(axes, ("ce", "pico"), strict=True):
+        z, y, _, _ = samples[method]
+        r = next(r for r in rows if r["method"] == method and r["seed"] == args.seeds[0])
+        title = (
+            f"{method.upper()} seed {args.seeds[0]}: mIoU {100 * r['miou']:.1f}, "
+            f"gap {r['sep']['gap']:.3f}, silhouette {r['sep']['silhouette']:.3f}"
+        )
+        plot_embedding(ax, embed_2d(z, "tsne", 0), y.numpy(), class_names, palette, title)
+    axes[1].legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("t-SNE of decoder embeddings, class-balanced validation pixels")
+    fig.tight_layout()
+    fig.savefig(output / "tsne_ce_vs_pico.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
