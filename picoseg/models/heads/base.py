@@ -79,3 +79,14 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def finest_size(levels: Sequence[torch.Tensor], reductions: Sequence[int]) -> torch.Size:
+    """(h, w) of the finest level (smallest reduction) among ``levels``."""
+    return levels[list(reductions).index(min(reductions))].shape[-2:]
+
+
+def concat_at_finest(levels: Sequence[torch.Tensor], reductions: Sequence[int]) -> torch.Tensor:
+    """Upsample ``levels`` to the finest of them and concatenate: (B, sum C_i, h_min, w_min)."""
+    size = finest_size(levels, reductions)
+    return torch.cat([resize_to(x, size) for x in levels], dim=1)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from picoseg.models.heads.base import DecodeHead, resize_to, resolve_levels
+from picoseg.models.heads.base import DecodeHead, concat_at_finest, resolve_levels
 from picoseg.models.layers import ConvBNReLU
 
 
@@ -50,5 +50,4 @@ class FCNHead(DecodeHead):
         self.convs = nn.Sequential(*layers)
 
     def decode(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        size = levels[self.in_reductions.index(self.reduction)].shape[-2:]
-        return self.convs(torch.cat([resize_to(x, size) for x in levels], dim=1))
+        return self.convs(concat_at_finest(levels, self.in_reductions))

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from picoseg.models.heads.base import DecodeHead, resize_to, resolve_levels
+from picoseg.models.heads.base import DecodeHead, concat_at_finest, resize_to, resolve_levels
 from picoseg.models.layers import ConvBNReLU
 from picoseg.models.output import SegmentationOutput
 
@@ -106,12 +106,6 @@ class ObjectAttention(nn.Module):
         return self.out(context.reshape(b, -1, h, w))
 
 
-def _fuse(levels: list[torch.Tensor], reductions: list[int]) -> torch.Tensor:
-    """Upsample levels to the finest of them and concatenate: (B, sum C_i, h_min, w_min)."""
-    size = levels[reductions.index(min(reductions))].shape[-2:]
-    return torch.cat([resize_to(x, size) for x in levels], dim=1)
-
-
 class OCRHead(DecodeHead):
     """OCRNet: pixel representations refined by attention to soft object regions.
 
@@ -167,11 +161,11 @@ class OCRHead(DecodeHead):
         self.bottleneck = ConvBNReLU(2 * channels, channels, 1)
 
     def forward(self, levels: Sequence[torch.Tensor]) -> SegmentationOutput:
-        fused = _fuse(self.select(levels), self.in_reductions)
+        fused = concat_at_finest(self.select(levels), self.in_reductions)
         if self.aux_index == self.in_index:
             aux_fused = fused
         else:
-            aux_fused = _fuse([levels[i] for i in self.aux_index], self.aux_reductions)
+            aux_fused = concat_at_finest([levels[i] for i in self.aux_index], self.aux_reductions)
         region_logits = self.regions(aux_fused)
         pixels = self.pixels(fused)
         regions = gather_regions(pixels, resize_to(region_logits, pixels.shape[-2:]))

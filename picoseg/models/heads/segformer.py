@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from picoseg.models.heads.base import DecodeHead, resize_to
+from picoseg.models.heads.base import DecodeHead, finest_size, resize_to
 from picoseg.models.layers import ConvBNReLU
 
 
@@ -43,7 +43,7 @@ class SegFormerHead(DecodeHead):
         self.fuse = ConvBNReLU(embed_dim * len(self.in_channels), channels, 1)
 
     def decode(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        size = levels[self.in_reductions.index(self.reduction)].shape[-2:]
+        size = finest_size(levels, self.in_reductions)
         embedded = [
             resize_to(linear(x), size) for linear, x in zip(self.linears, levels, strict=True)
         ]
