@@ -39,33 +39,95 @@ matplotlib.use("Agg")
 log = logging.getLogger(__name__)
 
 
+class ClassBalancedSampler:
+    """Draws up to ``per_class`` items of every class, uniformly without replacement, from a stream.
+
+    Every item gets an independent uniform random priority when it arrives, and each class keeps
+    the ``per_class`` items with the smallest priorities seen so far. The kept set is therefore a
+    uniform random subset of each class's items, whatever the order and chunking of the stream,
+    and memory stays at ``num_classes x per_class`` items (not the whole validation set).
+
+    Args:
+        per_class: items kept per class (all of them for a class with fewer).
+        num_classes: number of classes; a label outside ``[0, num_classes)`` is an error (drop
+            ignored items before :meth:`update`).
+        generator: random generator for the priorities.
+    """
+
+    def __init__(
+        self, per_class: int, num_classes: int, generator: torch.Generator | None = None
+    ) -> None:
+        if per_class < 1:
+            raise ValueError(f"per_class must be at least 1, got {per_class}")
+        self.per_class = per_class
+        self.num_classes = num_classes
+        self.generator = generator
+        self._kept: list[tuple[torch.Tensor, dict[str, torch.Tensor]] | None] = [None] * num_classes
+
+    def update(self, labels: torch.Tensor, **values: torch.Tensor) -> None:
+        """Offer a chunk: (N,) labels and, per named source, (N, D) values of the same items."""
+        priority = torch.rand(labels.numel(), generator=self.generator)
+        classes = labels.unique().tolist()
+        if classes and not (classes[0] >= 0 and classes[-1] < self.num_classes):
+            raise ValueError(
+                f"labels {[c for c in classes if not 0 <= c < self.num_classes]} are outside "
+                f"[0, {self.num_classes}); drop the ignore label before sampling"
+            )
+        for c in classes:
+            where = labels == c
+            prio = priority[where]
+            vals = {name: v[where] for name, v in values.items()}
+            if self._kept[c] is not None:
+                old_prio, old_vals = self._kept[c]
+                prio = torch.cat([old_prio, prio])
+                vals = {name: torch.cat([old_vals[name], v]) for name, v in vals.items()}
+            if prio.numel() > self.per_class:
+                top = prio.topk(self.per_class, largest=False).indices
+                prio, vals = prio[top], {name: v[top] for name, v in vals.items()}
+            self._kept[c] = (prio, vals)
+
+    def result(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per source, the kept (M, D) values and (M,) labels, grouped by class in ascending id."""
+        out: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for c, kept in enumerate(self._kept):
+            if kept is None:
+                continue
+            _, vals = kept
+            for name, v in vals.items():
+                values, labels = out.setdefault(name, ([], []))
+                values.append(v)
+                labels.append(torch.full((len(v),), c, dtype=torch.long))
+        return {name: (torch.cat(v), torch.cat(y)) for name, (v, y) in out.items()}
+
+
 def sample_class_balanced(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     per_class: int,
     num_classes: int,
     generator: torch.Generator | None = None,
+    ignore_index: int = 255,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw up to ``per_class`` pixels of every class, uniformly without replacement.
 
     Args:
         embeddings: (N, D) pixel embeddings.
-        labels: (N,) class ids; ids outside ``[0, num_classes)`` (the ignore label) are skipped.
+        labels: (N,) class ids in ``[0, num_classes)`` or ``ignore_index`` (skipped).
         per_class: pixels drawn per class (all of them for a class with fewer).
         num_classes: number of classes.
         generator: random generator for the draw.
+        ignore_index: label of pixels that are never drawn.
 
     Returns:
         (M, D) embeddings and (M,) labels, grouped by class in ascending id.
     """
-    chosen = []
-    for c in range(num_classes):
-        where = (labels == c).nonzero().flatten()
-        if where.numel() > per_class:
-            where = where[torch.randperm(where.numel(), generator=generator)[:per_class]]
-        chosen.append(where)
-    index = torch.cat(chosen)
-    return embeddings[index], labels[index]
+    sampler = ClassBalancedSampler(per_class, num_classes, generator)
+    keep = labels != ignore_index
+    sampler.update(labels[keep], embeddings=embeddings[keep])
+    result = sampler.result()
+    if not result:
+        return embeddings[:0], labels[:0]
+    return result["embeddings"]
 
 
 def separation_scores(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -125,32 +187,28 @@ def collect_embeddings(
     """Class-balanced pixel samples of a trained :class:`~picoseg.system.SegmentationSystem`.
 
     The labels are nearest-resized to the embedding grid (as in training); every validation
-    pixel is a candidate, and ``per_class`` are drawn per class from all of them.
+    pixel is a candidate, and ``per_class`` are drawn per class from all of them while streaming
+    (:class:`ClassBalancedSampler`), so memory does not grow with the validation set.
 
     Returns:
         ``{"decoder": (embeddings, labels), "projection": (...)}``, the latter only when the
         model has a projection head. Both sources use the same pixels.
     """
-    generator = torch.Generator().manual_seed(seed)
-    decoder, projection, all_labels = [], [], []
+    sampler = ClassBalancedSampler(per_class, num_classes, torch.Generator().manual_seed(seed))
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         out = model.network(batch["image"])
-        labels = resize_labels(batch["mask"], out.features.shape[-2:])
-        valid = (labels != ignore_index).flatten()
-        decoder.append(out.features.permute(0, 2, 3, 1).flatten(0, 2)[valid])
+        labels = resize_labels(batch["mask"], out.features.shape[-2:]).flatten()
+        sources = {"decoder": out.features.permute(0, 2, 3, 1).flatten(0, 2)}
         if model.projection is not None:
             proj = model.projection(out.features)
-            projection.append(proj.permute(0, 2, 3, 1).flatten(0, 2)[valid])
-        all_labels.append(labels.flatten()[valid])
-    labels = torch.cat(all_labels)
-    index = torch.arange(labels.numel())
-    index, _ = sample_class_balanced(index[:, None], labels, per_class, num_classes, generator)
-    index = index[:, 0]
-    result = {"decoder": (torch.cat(decoder)[index], labels[index])}
-    if projection:
-        result["projection"] = (torch.cat(projection)[index], labels[index])
+            sources["projection"] = proj.permute(0, 2, 3, 1).flatten(0, 2)
+        valid = labels != ignore_index
+        sampler.update(labels[valid], **{k: v[valid] for k, v in sources.items()})
+    result = sampler.result()
+    if not result:
+        raise ValueError("no labelled validation pixel: every mask is the ignore label")
     return result
 
 

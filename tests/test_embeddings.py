@@ -9,7 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from picoseg.embeddings import embed_2d, sample_class_balanced, separation_scores
+from picoseg.embeddings import (
+    ClassBalancedSampler,
+    embed_2d,
+    sample_class_balanced,
+    separation_scores,
+)
 
 
 def _naive_scores(z: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -67,6 +72,45 @@ def test_class_balanced_sampling_draws_min_of_available_and_budget():
     # Another seed draws other class-0 pixels.
     z2, _ = sample_class_balanced(embeddings, labels, 5, 3, torch.Generator().manual_seed(1))
     assert not torch.equal(z, z2)
+
+
+def test_streaming_sampler_draws_every_pixel_equally_often_whatever_the_chunk():
+    # 30 pixels of class 0 arrive in chunks of 20, 5 and 5 (mixed with class 1), 6 are kept.
+    # Uniform sampling without replacement keeps each pixel with probability 6/30 = 0.2; keeping
+    # the first pixels seen, or favouring later chunks, would not.
+    labels = torch.tensor([0] * 20 + [1] * 4 + [0] * 5 + [0] * 5)
+    ids = torch.arange(len(labels)).float()[:, None]
+    chunks = [(0, 24), (24, 29), (29, 34)]
+    trials = 4000
+    counts = torch.zeros(len(labels))
+    for seed in range(trials):
+        sampler = ClassBalancedSampler(6, 2, torch.Generator().manual_seed(seed))
+        for a, b in chunks:
+            sampler.update(labels[a:b], ids=ids[a:b], twice=2 * ids[a:b])
+        result = sampler.result()
+        z, y = result["ids"]
+        assert y.tolist() == [0] * 6 + [1] * 4  # grouped by class, class 1 kept whole
+        assert torch.equal(result["twice"][0], 2 * z)  # every source keeps the same items
+        assert torch.equal(labels[z[:, 0].long()], y)
+        assert len(set(z[:, 0].tolist())) == 10  # without replacement
+        counts[z[:, 0].long()] += 1
+    class0 = counts[labels == 0] / trials
+    # Binomial(4000, 0.2): std of a frequency 0.0063, so 0.03 is more than 4.5 std.
+    assert (class0 - 0.2).abs().max() < 0.03
+    for a, b in chunks:  # each chunk's share of class 0 is its share of the pixels
+        in_chunk = int((labels[a:b] == 0).sum())
+        assert float(counts[a:b][labels[a:b] == 0].sum()) / trials == pytest.approx(
+            6 * in_chunk / 30, abs=0.1
+        )
+    assert (counts[labels == 1] == trials).all()
+
+
+def test_streaming_sampler_rejects_labels_outside_the_classes():
+    sampler = ClassBalancedSampler(3, 2)
+    with pytest.raises(ValueError, match=r"labels \[2, 255\] are outside \[0, 2\)"):
+        sampler.update(torch.tensor([0, 2, 255]), z=torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="per_class must be at least 1"):
+        ClassBalancedSampler(0, 2)
 
 
 def test_tsne_gives_two_coordinates_and_rejects_unknown_methods():
