@@ -14,13 +14,21 @@ Ablation (first seed only), each adding one component to the previous row:
 3. ``+hard``: + segmentation-aware anchors and semi-hard keys;
 4. ``+synthesis``: + both hard negative syntheses = the full PiCo run of that seed.
 
+``--lambdas 0.01 0.3`` adds full PiCo runs with those contrast weights (first seed only), for a
+lambda table next to the default 0.1. A longer budget is another invocation with more
+``--epochs`` and its own ``--output``.
+
+The rarest classes are reported with their share of the training pixels at full resolution and
+on the embedding grid the contrast loss samples from (labels nearest-resized to the decoder
+features, as in training): thin classes lose most of their pixels there.
+
 Writes ``runs.csv`` (one row per run), ``summary.md`` (per-run table, mean +- std per method, the
 ablation table, wall times) and ``tsne_ce_vs_pico.png`` (decoder embeddings of the first seed's
 CE and PiCo runs side by side) into ``--output``. A run whose ``metrics.json`` already exists is
 not trained again, so an interrupted study resumes.
 
 Usage: ``python scripts/compare_ce_pico.py [--seeds 0 1 2] [--epochs 6] [--output DIR]
-[--no-ablation] [--pixels-per-class 200] [-- extra Hydra overrides]``.
+[--no-ablation] [--lambdas L ...] [--pixels-per-class 200] [-- extra Hydra overrides]``.
 """
 
 from __future__ import annotations
@@ -39,9 +47,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+import torch
 from PIL import Image
 
 from picoseg.embeddings import checkpoint_samples, embed_2d, plot_embedding, separation_scores
+from picoseg.system import resize_labels
 from picoseg.visualize import default_palette
 
 METHODS = {"ce": ["experiment=scenes_ce"], "pico": ["experiment=scenes_pico"]}
@@ -87,15 +97,28 @@ def train_run(name: str, overrides: list[str], output: Path, data_dir: Path) -> 
     return metrics
 
 
-def rarest_classes(train_masks: Path, class_names: list[str], ignore_index: int, k: int = 3):
-    """The ``k`` classes with the fewest training pixels, rarest first."""
-    counts = np.zeros(len(class_names), dtype=np.int64)
+def class_pixel_counts(
+    train_masks: Path, num_classes: int, ignore_index: int, stride: int = 1
+) -> np.ndarray:
+    """Training pixels per class, on the full masks (``stride`` 1) or on the grid of a
+    ``stride`` times smaller map (nearest-resized as the training labels are)."""
+    counts = np.zeros(num_classes, dtype=np.int64)
     for path in sorted(train_masks.glob("*.png")):
-        ids = np.asarray(Image.open(path))
-        ids = ids[ids != ignore_index]
-        counts += np.bincount(ids.ravel(), minlength=len(class_names))[: len(class_names)]
-    order = np.argsort(counts)
-    return [class_names[i] for i in order[:k]], counts
+        ids = torch.from_numpy(np.asarray(Image.open(path)).astype(np.int64))
+        if stride > 1:
+            size = (-(-ids.shape[0] // stride), -(-ids.shape[1] // stride))
+            ids = resize_labels(ids[None], size)[0]
+        ids = ids[ids != ignore_index].numpy()
+        counts += np.bincount(ids.ravel(), minlength=num_classes)[:num_classes]
+    return counts
+
+
+def embedding_stride(run_cfg, model: torch.nn.Module) -> int:
+    """Ratio of the image height to the decoder feature height, from one forward pass."""
+    height, width = run_cfg.dataset.datamodule.crop_size
+    with torch.no_grad():
+        features = model.network(torch.zeros(1, 3, height, width)).features
+    return height // features.shape[-2]
 
 
 def embedding_scores(run_dir: Path, pixels_per_class: int) -> tuple[dict, tuple]:
@@ -104,7 +127,7 @@ def embedding_scores(run_dir: Path, pixels_per_class: int) -> tuple[dict, tuple]
         run_dir / "checkpoints" / "best.ckpt", pixels_per_class, seed=0
     )
     z, y = samples["decoder"]
-    return separation_scores(z, y), (z, y, run_cfg, model.class_names)
+    return separation_scores(z, y), (z, y, run_cfg, model)
 
 
 def epoch_means(run_dir: Path, key: str) -> list[float]:
@@ -131,6 +154,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--pixels-per-class", type=int, default=200)
     parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument(
+        "--lambdas", type=float, nargs="*", default=[], help="extra PiCo contrast weights"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     output = args.output.resolve()
@@ -147,6 +173,11 @@ def main() -> None:
         for step, overrides in ABLATION.items():
             name = f"ablation_{step.lstrip('+')}_seed{seed}"
             runs.append((step, seed, name, [*overrides, f"seed={seed}"]))
+    for weight in args.lambdas:
+        seed = args.seeds[0]
+        name = f"pico_lambda{weight:g}_seed{seed}"
+        overrides = [*METHODS["pico"], f"model.contrast_weight={weight}", f"seed={seed}"]
+        runs.append((f"lambda {weight:g}", seed, name, overrides))
 
     rows, samples = [], {}
     for method, seed, name, overrides in runs:
@@ -160,12 +191,18 @@ def main() -> None:
             {"method": method, "seed": seed, "name": name, **metrics, "sep": scores, **curves}
         )
 
-    _, _, run_cfg, class_names = samples["ce"]
+    _, _, run_cfg, model = samples["ce"]
+    class_names = list(model.class_names)
     masks = Path(run_cfg.dataset.root) / "masks" / "train"
     if not masks.is_dir():
         raise FileNotFoundError(f"{masks}: training masks of the scenes dataset not found")
-    rare, counts = rarest_classes(masks, class_names, run_cfg.dataset.ignore_index)
-    total = counts.sum()
+    ignore = run_cfg.dataset.ignore_index
+    counts = class_pixel_counts(masks, len(class_names), ignore)
+    rare = [class_names[i] for i in np.argsort(counts)[:3]]
+    share = counts / counts.sum()
+    stride = embedding_stride(run_cfg, model)
+    grid_share = class_pixel_counts(masks, len(class_names), ignore, stride)
+    grid_share = grid_share / grid_share.sum()
 
     columns = ["method", "seed", "miou", *[f"iou/{c}" for c in rare], "sep_gap", "silhouette",
                "intra", "inter", "ce_last_epoch", "nce_first_epoch", "nce_last_epoch",
@@ -185,8 +222,13 @@ def main() -> None:
 
     lines = [
         f"CE vs PiCo on `scenes`, {args.epochs} epochs per run, seeds {args.seeds}; rarest "
-        "classes by training pixels: "
-        + ", ".join(f"{c} ({100 * counts[class_names.index(c)] / total:.1f}%)" for c in rare)
+        f"classes by training pixels (share of all pixels; share of the stride-{stride} "
+        "embedding grid's cells): "
+        + ", ".join(
+            f"{c} ({100 * share[class_names.index(c)]:.2f}%; "
+            f"{100 * grid_share[class_names.index(c)]:.2f}%)"
+            for c in rare
+        )
         + ". mIoU and IoU in %; separation of decoder embeddings (cosine; gap = intra - inter).",
         "",
         "| run | seed | mIoU | "
@@ -232,6 +274,24 @@ def main() -> None:
         lines.append(
             f"| +synthesis (= PiCo) | {100 * pico['miou']:.1f} | {pico['sep']['gap']:.3f} |"
         )
+    if args.lambdas:
+        first = args.seeds[0]
+        lines += [
+            "",
+            f"Contrast weight lambda (PiCo, seed {first}; 0.1 is the default run):",
+            "",
+            "| lambda | mIoU | " + " | ".join(rare) + " | gap | train NCE (last epoch) |",
+            "|---:|---:|" + "---:|" * len(rare) + "---:|---:|",
+        ]
+        pico = next(r for r in rows if r["method"] == "pico" and r["seed"] == first)
+        extra = [r for r in rows if r["method"].startswith("lambda ")]
+        weights = [*args.lambdas, 0.1]
+        for weight, r in sorted(zip(weights, [*extra, pico], strict=True), key=lambda t: t[0]):
+            lines.append(
+                f"| {weight:g} | {100 * r['miou']:.1f} | "
+                + " | ".join(f"{100 * (r['iou'][c] or 0.0):.1f}" for c in rare)
+                + f" | {r['sep']['gap']:.3f} | {r['nce'][-1]:.2f} |"
+            )
     wall = time.perf_counter() - study_start
     trained = sum(r["wall_s"] for r in rows)
     lines += [

@@ -40,8 +40,10 @@ def _worker_init(worker_id: int) -> None:
     """Give each loader worker its own random streams.
 
     Loader workers are copies of the main process, so without this every worker would draw the
-    same augmentations. ``get_worker_info().seed`` differs per worker and per epoch and follows
-    torch's global seed, so runs stay reproducible under ``seed_everything``.
+    same augmentations. ``get_worker_info().seed`` differs per worker and follows torch's global
+    seed, so runs stay reproducible under ``seed_everything``. Workers are persistent, so this
+    runs once per fit and each worker's streams continue across epochs; a resumed run starts new
+    workers, hence new augmentation streams (the checkpoint does not carry them).
     """
     info = get_worker_info()
     if info is None:

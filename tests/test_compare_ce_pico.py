@@ -1,0 +1,38 @@
+"""The CE vs PiCo study script's class statistics, on masks with hand-counted pixels."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_ce_pico.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("compare_ce_pico", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_class_pixel_counts_on_full_masks_and_on_the_embedding_grid(tmp_path):
+    study = _load()
+    # 4 x 8 mask: class 0 everywhere but a one-pixel-wide vertical "pole" (class 2) in column 1,
+    # two ignored pixels and a 2 x 2 block of class 1 at rows 2-3, columns 4-5.
+    mask = np.zeros((4, 8), dtype=np.uint8)
+    mask[:, 1] = 2
+    mask[0, 6:8] = 255
+    mask[2:4, 4:6] = 1
+    Image.fromarray(mask).save(tmp_path / "a.png")
+    Image.fromarray(np.full((4, 8), 1, dtype=np.uint8)).save(tmp_path / "b.png")
+
+    full = study.class_pixel_counts(tmp_path, 3, 255)
+    assert full.tolist() == [32 - 4 - 2 - 4, 4 + 32, 4]
+    # Stride 2: a 2 x 4 grid reading the top-left pixel of each 2 x 2 cell (nearest), i.e. rows
+    # 0, 2 and columns 0, 2, 4, 6 of the mask. The pole in column 1 disappears; (0, 6) is
+    # ignored and (2, 4) is class 1.
+    grid = study.class_pixel_counts(tmp_path, 3, 255, stride=2)
+    assert grid.tolist() == [8 - 1 - 1, 1 + 8, 0]
