@@ -250,11 +250,16 @@ def main() -> None:
         group = [r for r in rows if r["method"] == method]
         gap = [r["sep"]["gap"] for r in group]
         sil = [r["sep"]["silhouette"] for r in group]
+        spread = len(group) > 1
         lines.append(
-            f"| {method} ({len(group)} seeds) | {mean_std([r['miou'] for r in group])} | "
+            f"| {method} ({len(group)} seed{'s' if spread else ''}) | "
+            f"{mean_std([r['miou'] for r in group])} | "
             + " | ".join(mean_std([r["iou"][c] or 0.0 for r in group]) for c in rare)
-            + f" | {statistics.mean(gap):.3f} +- {statistics.pstdev(gap):.3f}"
-            + f" | {statistics.mean(sil):.3f} +- {statistics.pstdev(sil):.3f} |"
+            + f" | {statistics.mean(gap):.3f}"
+            + (f" +- {statistics.pstdev(gap):.3f}" if spread else "")
+            + f" | {statistics.mean(sil):.3f}"
+            + (f" +- {statistics.pstdev(sil):.3f}" if spread else "")
+            + " |"
         )
     if not args.no_ablation:
         first = args.seeds[0]
