@@ -406,6 +406,11 @@ class SegmentationSystem(L.LightningModule):
             checkpoint["picoseg_config"] = self.run_config
         checkpoint["picoseg_skipped_steps"] = self.skipped_steps
         checkpoint["picoseg_rng"] = self.rng_state()
+        # The W&B run this training logs to, so that resuming from the checkpoint continues it.
+        for logger in self.trainer.loggers if self._trainer is not None else ():
+            # (on other DDP ranks the experiment is a dummy without a real id)
+            if type(logger).__name__ == "WandbLogger" and isinstance(logger.version, str):
+                checkpoint["picoseg_wandb_run_id"] = logger.version
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Only when resuming a fit: validating or testing a checkpoint leaves the random

@@ -8,7 +8,8 @@ Returns the best validation mIoU, so Hydra sweepers can optimise it.
 ``ckpt_path=<file>`` resumes a run from a checkpoint, ``ckpt_path=last`` from the most recent
 ``last.ckpt`` (see :func:`resolve_ckpt_path`): weights, optimiser, scheduler, step, memory bank,
 skipped-step count and random states are restored, and the new run directory receives the
-continued logs and checkpoints.
+continued logs and checkpoints. With ``logger=wandb`` the resumed run logs into the checkpoint's
+W&B run (unless ``logger.wandb.id`` is set).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -65,6 +67,27 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     return str(max(siblings, key=lambda p: p.stat().st_mtime))
 
 
+def checkpoint_wandb_run_id(ckpt_path: str) -> str | None:
+    """The id of the W&B run that wrote a picoseg checkpoint, or None (no W&B logger, a URL, or
+    a checkpoint from before picoseg recorded it)."""
+    if "://" in ckpt_path:
+        return None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    run_id = checkpoint.get("picoseg_wandb_run_id")
+    return str(run_id) if run_id else None
+
+
+def _instantiate_logger(config: DictConfig, ckpt_path: str | None) -> Any:
+    """A configured logger; a W&B logger without an ``id`` continues the checkpoint's run."""
+    is_wandb = str(config.get("_target_", "")).endswith("WandbLogger")
+    if is_wandb and ckpt_path is not None and config.get("id") is None:
+        run_id = checkpoint_wandb_run_id(ckpt_path)
+        if run_id is not None:
+            log.info("resuming W&B run %s, the run of %s", run_id, ckpt_path)
+            return instantiate(config, id=run_id)
+    return instantiate(config)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, validate the best checkpoint and (on rank 0) write the report.
 
@@ -80,12 +103,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_config = OmegaConf.to_container(cfg, resolve=True)
     model.run_config = run_config
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    loggers = [
+        _instantiate_logger(c, ckpt_path) for c in cfg.get("logger", {}).values() if c is not None
+    ]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(run_config)
 
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

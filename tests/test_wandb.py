@@ -188,7 +188,7 @@ def history_rows(records: list) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_offline_run_holds_curves_config_and_media(tmp_path):
+def test_offline_run_holds_curves_config_and_media_and_a_resume_continues_it(tmp_path):
     run_dir = tmp_path / "run"
     env = {
         **os.environ,
@@ -209,15 +209,19 @@ def test_offline_run_holds_curves_config_and_media(tmp_path):
         f"paths.data_dir={tmp_path / 'data'}",
         f"hydra.run.dir={run_dir}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "picoseg.train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    def train(*overrides: str) -> None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "picoseg.train", *overrides],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    train(*args)
     (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")  # save_dir is the run directory
     files = wandb_run / "files"
     (log_path,) = wandb_run.glob("run-*.wandb")
@@ -276,3 +280,22 @@ def test_offline_run_holds_curves_config_and_media(tmp_path):
     for key in ("ground_truth", "prediction"):
         legend = class_labels[f"val/predictions_wandb_delimeter_{key}"]["value"]
         assert legend == {**{str(c): n for c, n in enumerate(names)}, "9": "ignore"}
+
+    # The checkpoint records its W&B run; resuming from it (one more epoch, in a new run
+    # directory) logs into the same run id, after the steps the first run logged.
+    last = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["picoseg_wandb_run_id"] == run.run_id
+    resumed_dir = tmp_path / "resumed"
+    train(*args[:-1], f"hydra.run.dir={resumed_dir}", f"ckpt_path={last}", "trainer.max_epochs=3")
+    (resumed_run,) = (resumed_dir / "wandb").glob("offline-run-*")
+    assert resumed_run.name.endswith(f"-{run.run_id}")
+    (resumed_log,) = resumed_run.glob("run-*.wandb")
+    resumed_records = read_transaction_log(resumed_log)
+    (resumed,) = [r.run for r in resumed_records if r.WhichOneof("record_type") == "run"]
+    assert resumed.run_id == run.run_id
+    first_steps = [r["trainer/global_step"] for r in rows if "train/ce" in r]
+    resumed_steps = [
+        r["trainer/global_step"] for r in history_rows(resumed_records) if "train/ce" in r
+    ]
+    assert resumed_steps and min(resumed_steps) >= max(first_steps)
