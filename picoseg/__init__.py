@@ -8,6 +8,12 @@ It also registers the OmegaConf resolver ``picoseg.multirun``, which names a Hyd
 for loggers (``conf/logger/wandb.yaml``): ``${picoseg.multirun:sweep_name}`` is the name of the
 sweep directory (``hydra.sweep.dir``) and ``${picoseg.multirun:job_num}`` the job number as a
 string, both ``null`` outside a multirun (single runs, composed configs without Hydra).
+
+And ``picoseg.slurm_task``, which keeps the tasks of one multi-task SLURM job
+(``trainer=slurm``: every task runs the whole script in the same run directory) from writing over
+each other: ``${picoseg.slurm_task:output_subdir}`` is ``.hydra`` for task 0 and ``null`` (no
+``.hydra/`` output) for the others, ``${picoseg.slurm_task:log_suffix}`` is empty for task 0 and
+``_task<N>`` for task N, so each task logs to its own file (``conf/hydra/default.yaml``).
 """
 
 import os
@@ -37,5 +43,23 @@ def _multirun(part: str) -> str | None:
     return str(hydra_cfg.job.num)
 
 
+def _slurm_task(part: str) -> str | None:
+    """The ``picoseg.slurm_task`` resolver: ``output_subdir`` or ``log_suffix`` of this task."""
+    if part not in ("output_subdir", "log_suffix"):
+        raise ValueError(f"${{picoseg.slurm_task:{part}}}: expected output_subdir or log_suffix")
+    tasks, task = os.environ.get("SLURM_NTASKS", "1"), os.environ.get("SLURM_PROCID", "0")
+    try:
+        other_task = int(tasks) > 1 and int(task) > 0
+    except ValueError as error:
+        raise ValueError(
+            f"SLURM_NTASKS={tasks!r}, SLURM_PROCID={task!r}: expected integers"
+        ) from error
+    if part == "output_subdir":
+        return None if other_task else ".hydra"
+    return f"_task{task}" if other_task else ""
+
+
 if not OmegaConf.has_resolver("picoseg.multirun"):
     OmegaConf.register_new_resolver("picoseg.multirun", _multirun)
+if not OmegaConf.has_resolver("picoseg.slurm_task"):
+    OmegaConf.register_new_resolver("picoseg.slurm_task", _slurm_task)

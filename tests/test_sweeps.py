@@ -132,3 +132,44 @@ def test_slurm_launcher_submits_the_requested_resources(tmp_path):
         assert f"#SBATCH {flag}" in lines, flag
     srun = [line for line in lines if line.startswith("srun ")]
     assert len(srun) == 1 and "-m submitit.core._submit" in srun[0]
+
+
+def test_only_slurm_task_0_writes_hydra_outputs_and_each_task_its_own_log(tmp_path):
+    """Every task of a multi-task SLURM job runs the script in one run directory: task 0 writes
+    `.hydra/` and `train.log`, task 1 only `train_task1.log`. The run stops at once on a missing
+    checkpoint, after Hydra has set up its outputs."""
+    env = {"SLURM_NTASKS": "2", "SLURM_JOB_NAME": "picoseg"}
+    missing = tmp_path / "missing.ckpt"
+    for task in ("1", "0"):
+        run_dir = tmp_path / f"task{task}"
+        args = [f"hydra.run.dir={run_dir}", f"ckpt_path={missing}", f"paths.data_dir={tmp_path}"]
+        proc = _train(args, tmp_path, {**env, "SLURM_PROCID": task})
+        assert proc.returncode != 0 and "no such checkpoint file" in proc.stderr, proc.stderr
+        logs = sorted(p.name for p in run_dir.glob("*.log"))
+        assert logs == (["train_task1.log"] if task == "1" else ["train.log"])
+        assert (run_dir / ".hydra").is_dir() == (task == "0")
+    # Outside a multi-task job (and with SLURM_PROCID alone) nothing changes.
+    _train(
+        [f"hydra.run.dir={tmp_path / 'single'}", f"ckpt_path={missing}"],
+        tmp_path,
+        {"SLURM_NTASKS": "1", "SLURM_PROCID": "0"},
+    )
+    assert (tmp_path / "single" / ".hydra").is_dir() and (
+        tmp_path / "single" / "train.log"
+    ).is_file()
+
+
+def test_slurm_task_resolver_rejects_unknown_parts_and_bad_environment(monkeypatch):
+    import picoseg  # noqa: F401  (registers the resolver)
+
+    cfg = OmegaConf.create(
+        {"a": "${picoseg.slurm_task:rank}", "b": "${picoseg.slurm_task:log_suffix}"}
+    )
+    with pytest.raises(Exception, match="expected output_subdir or log_suffix"):
+        _ = cfg.a
+    monkeypatch.setenv("SLURM_NTASKS", "four")
+    with pytest.raises(Exception, match="SLURM_NTASKS='four'"):
+        _ = cfg.b
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert cfg.b == "_task3"
