@@ -23,8 +23,9 @@ class Backbone(nn.Module):
     CNNs and hierarchical transformers (``pvt_v2_*``, the MiT encoders of SegFormer) return one
     map per stage. Plain ViTs (``vit_*``) go through timm's ``forward_intermediates``: each level
     is the output of one transformer block as an NCHW map at the patch stride, prefix (class)
-    tokens dropped and no final norm; pass ``dynamic_img_size=True`` so any input size divisible
-    by the patch size works.
+    tokens dropped, and passed through the ViT's final norm when ``final_norm`` is set (so the
+    last block's level is the encoder output Segmenter reads); pass ``dynamic_img_size=True`` so
+    any input size divisible by the patch size works.
 
     Args:
         name: timm model name, e.g. ``resnet50``, ``hrnet_w48``, ``pvt_v2_b2``,
@@ -37,6 +38,8 @@ class Backbone(nn.Module):
             first stage for ``pvt_v2``, block indices for ViTs).
         output_stride: dilate the last stages so features stop at this stride (8 or 16 for the
             DeepLab convention); ``None`` keeps the model's own (usually 32).
+        final_norm: plain ViTs only: apply the model's final norm to every returned level
+            (timm's ``FeatureGetterNet(norm=True)``; its weights then load from a checkpoint).
         **kwargs: passed to ``timm.create_model`` (e.g. ``feature_location=""`` for HRNet, which
             is set automatically for ``hrnet_*`` models so all four branches are returned).
 
@@ -52,6 +55,7 @@ class Backbone(nn.Module):
         weights_path: str | None = None,
         out_indices: Sequence[int] | None = None,
         output_stride: int | None = None,
+        final_norm: bool = False,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -63,7 +67,23 @@ class Backbone(nn.Module):
         if output_stride is not None:
             kwargs["output_stride"] = output_stride
         self.name = name
-        self.model = timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
+        if final_norm:
+            # timm's features_only ViT prunes the final norm, and its builder takes no
+            # feature_cfg from the caller, so wrap the full model here with the norm kept.
+            indices = kwargs.pop("out_indices", 3)
+            if output_stride is not None:
+                raise ValueError(f"{name}: final_norm=True takes no output_stride")
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+            if not (hasattr(model, "forward_intermediates") and hasattr(model, "blocks")):
+                raise ValueError(
+                    f"{name}: final_norm=True is for plain ViTs (timm vit_* models); this model "
+                    "has no block-wise forward_intermediates"
+                )
+            self.model = FeatureGetterNet(model, indices, norm=True)
+        else:
+            self.model = timm.create_model(
+                name, pretrained=pretrained, features_only=True, **kwargs
+            )
         if weights_path is not None:
             load_backbone_weights(self.model, weights_path)
         self.channels: list[int] = list(self.model.feature_info.channels())

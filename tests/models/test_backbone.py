@@ -131,3 +131,41 @@ def test_extra_blocks_inside_kept_modules_are_an_error(tmp_path):
     torch.save(timm.create_model("resnet18").state_dict(), path)
     unused = load_backbone_weights(Backbone("resnet18", out_indices=(1, 2)).model, path)
     assert {k.split(".")[0] for k in unused} == {"fc", "layer3", "layer4"}
+
+
+def test_vit_final_norm_levels_are_the_normed_block_outputs_and_the_last_is_the_encoder_output():
+    backbone = Backbone("vit_small_patch16_224", final_norm=True, **VIT).eval()
+    with torch.no_grad():
+        vit = backbone.model.model
+        vit.norm.weight.uniform_(0.5, 1.5)  # not the identity-like initial affine
+        vit.norm.bias.uniform_(-0.5, 0.5)
+        images = torch.randn(2, 3, 48, 64)
+        levels = backbone(images)
+        # Reference 1: timm's own forward of the full encoder, final norm included.
+        encoded = vit.forward_features(images)[:, vit.num_prefix_tokens :]
+        # Reference 2: blocks by hand, each selected output through the same norm.
+        tokens = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
+        expected = []
+        for i, block in enumerate(vit.blocks):
+            tokens = block(tokens)
+            if i in VIT["out_indices"]:
+                patches = vit.norm(tokens)[:, vit.num_prefix_tokens :]
+                expected.append(patches.transpose(1, 2).reshape(2, 384, 3, 4))
+    assert backbone.channels == [384] * 4 and backbone.reductions == [16] * 4
+    for level, reference in zip(levels, expected, strict=True):
+        torch.testing.assert_close(level, reference)
+    torch.testing.assert_close(levels[-1], encoded.transpose(1, 2).reshape(2, 384, 3, 4))
+
+
+def test_vit_final_norm_loads_the_norm_weights_and_is_refused_for_other_models(tmp_path):
+    full = timm.create_model("vit_small_patch16_224", img_size=64, depth=3)
+    with torch.no_grad():
+        full.norm.weight.fill_(0.75)
+    path = tmp_path / "vit.pth"
+    torch.save(full.state_dict(), path)
+    kwargs = {"img_size": 64, "depth": 3, "out_indices": (0, 2), "dynamic_img_size": True}
+    backbone = Backbone("vit_small_patch16_224", weights_path=str(path), final_norm=True, **kwargs)
+    assert torch.equal(backbone.model.model.norm.weight, full.norm.weight)
+    assert load_backbone_weights(backbone.model, path) == ["head.bias", "head.weight"]
+    with pytest.raises(ValueError, match="resnet18: final_norm=True is for plain ViTs"):
+        Backbone("resnet18", final_norm=True)
