@@ -1,8 +1,14 @@
-"""Shared fixtures: composing picoseg's Hydra configs as the entry points do."""
+"""Shared fixtures: composing picoseg's Hydra configs as the entry points do, running an entry
+point in a subprocess, and importing a script of ``scripts/``."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -13,6 +19,51 @@ from omegaconf import DictConfig, open_dict
 from picoseg.config import drop_disabled_settings
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _run_module(
+    module: str,
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """``python -m module *args`` in ``cwd`` with this environment plus ``env``; with ``check``,
+    a non-zero exit fails the test showing the ends of stdout and stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def _load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def run_module():
+    """``run_module(module, args, cwd, env=None, timeout=600, check=True)``: an entry point such
+    as ``picoseg.train`` in a subprocess (session-scoped, so module fixtures can use it)."""
+    return _run_module
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script(name)``: ``scripts/<name>.py`` as a module."""
+    return _load_script
 
 
 @pytest.fixture

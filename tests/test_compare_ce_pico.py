@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_ce_pico.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("compare_ce_pico", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_class_pixel_counts_on_full_masks_and_on_the_embedding_grid(tmp_path):
-    study = _load()
+def test_class_pixel_counts_on_full_masks_and_on_the_embedding_grid(tmp_path, load_script):
+    study = load_script("compare_ce_pico")
     # 4 x 8 mask: class 0 everywhere but a one-pixel-wide vertical "pole" (class 2) in column 1,
     # two ignored pixels and a 2 x 2 block of class 1 at rows 2-3, columns 4-5.
     mask = np.zeros((4, 8), dtype=np.uint8)

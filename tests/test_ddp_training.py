@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,14 +22,14 @@ MEMORY_BUFFERS = {"keys", "pixel_pointer", "pixel_count", "region_pointer", "reg
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
+def ddp_run(tmp_path_factory, run_module):
     """Trains 2 epochs of debug=fast (8 training images, 2 per rank and step: 4 steps) on 2
     ranks. No ``hydra.run.dir``: the default one holds the start time, which rank 1 must not
     recompute."""
     root = tmp_path_factory.mktemp("ddp")
     dump = root / "dump"
     pythonpath = [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(pythonpath)}
+    env = {"PYTHONPATH": os.pathsep.join(pythonpath)}
     args = [
         "debug=fast",
         "trainer=ddp_cpu",
@@ -44,15 +42,7 @@ def ddp_run(tmp_path_factory):
         "+callbacks.dump._target_=ddp_dump.DumpRankState",
         f"+callbacks.dump.path={dump}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "picoseg.train", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    proc = run_module("picoseg.train", args, root, env, timeout=300)
     return root, dump, proc
 
 

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "summarize_sweep.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("summarize_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _job(root: Path, n: int, overrides: list[str], miou: float | None) -> None:
@@ -29,8 +19,8 @@ def _job(root: Path, n: int, overrides: list[str], miou: float | None) -> None:
         (job / "metrics.json").write_text(json.dumps(metrics))
 
 
-def test_table_has_one_row_per_job_sorted_by_miou(tmp_path):
-    summarize = _load().summarize
+def test_table_has_one_row_per_job_sorted_by_miou(tmp_path, load_script):
+    summarize = load_script("summarize_sweep").summarize
     _job(tmp_path, 0, ["sampler=random", "synthesis=none"], 0.41)
     _job(tmp_path, 1, ["sampler=hardest", "synthesis=none"], 0.52)
     _job(tmp_path, 2, ["sampler=random", "synthesis=both"], None)  # crashed job
@@ -48,8 +38,8 @@ def test_table_has_one_row_per_job_sorted_by_miou(tmp_path):
     assert len(markdown) == 2 + 4
 
 
-def test_not_a_multirun_directory_is_an_error(tmp_path):
-    summarize = _load().summarize
+def test_not_a_multirun_directory_is_an_error(tmp_path, load_script):
+    summarize = load_script("summarize_sweep").summarize
     with pytest.raises(FileNotFoundError, match="no job directories"):
         summarize(tmp_path)
     (tmp_path / "0").mkdir()

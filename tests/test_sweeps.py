@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,26 +17,16 @@ pytestmark = pytest.mark.slow
 SWEPT = {"model.contrast_weight", "model.contrast.temperature", "optimizer.lr"}
 
 
-def _train(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "picoseg.train", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def _overrides(job: Path) -> dict[str, str]:
     lines = OmegaConf.load(job / ".hydra" / "overrides.yaml")
     return dict(str(line).split("=", 1) for line in lines)
 
 
-def test_optuna_search_runs_trials_and_records_the_best(tmp_path):
+def test_optuna_search_runs_trials_and_records_the_best(tmp_path, run_module):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper")
     sweep = tmp_path / "sweep"
-    proc = _train(
+    run_module(
+        "picoseg.train",
         [
             "-m",
             "hparams_search=optuna",
@@ -56,8 +44,8 @@ def test_optuna_search_runs_trials_and_records_the_best(tmp_path):
             f"paths.data_dir={tmp_path / 'data'}",
         ],
         cwd=tmp_path,
+        timeout=300,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1"]
     sampled, mious = [], []
@@ -87,7 +75,7 @@ def test_optuna_search_runs_trials_and_records_the_best(tmp_path):
     )
 
 
-def test_slurm_launcher_submits_the_requested_resources(tmp_path):
+def test_slurm_launcher_submits_the_requested_resources(tmp_path, run_module):
     """With stand-ins for `srun` and `sbatch` (which copies the job script and refuses it), the
     sweep gets as far as the submission: the script asks SLURM for what the config says."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher.submitit_launcher")
@@ -100,7 +88,8 @@ def test_slurm_launcher_submits_the_requested_resources(tmp_path):
     )
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
-    proc = _train(
+    proc = run_module(
+        "picoseg.train",
         [
             "-m",
             "hydra/launcher=slurm",
@@ -114,6 +103,8 @@ def test_slurm_launcher_submits_the_requested_resources(tmp_path):
         ],
         cwd=tmp_path,
         env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+        timeout=300,
+        check=False,
     )
     assert proc.returncode != 0  # the stand-in sbatch refused the job
     assert "not a cluster" in proc.stdout + proc.stderr
@@ -134,7 +125,7 @@ def test_slurm_launcher_submits_the_requested_resources(tmp_path):
     assert len(srun) == 1 and "-m submitit.core._submit" in srun[0]
 
 
-def test_only_slurm_task_0_writes_hydra_outputs_and_each_task_its_own_log(tmp_path):
+def test_only_slurm_task_0_writes_hydra_outputs_and_each_task_its_own_log(tmp_path, run_module):
     """Every task of a multi-task SLURM job runs the script in one run directory: task 0 writes
     `.hydra/` and `train.log`, task 1 only `train_task1.log`. The run stops at once on a missing
     checkpoint, after Hydra has set up its outputs."""
@@ -143,16 +134,21 @@ def test_only_slurm_task_0_writes_hydra_outputs_and_each_task_its_own_log(tmp_pa
     for task in ("1", "0"):
         run_dir = tmp_path / f"task{task}"
         args = [f"hydra.run.dir={run_dir}", f"ckpt_path={missing}", f"paths.data_dir={tmp_path}"]
-        proc = _train(args, tmp_path, {**env, "SLURM_PROCID": task})
+        proc = run_module(
+            "picoseg.train", args, tmp_path, {**env, "SLURM_PROCID": task}, timeout=300, check=False
+        )
         assert proc.returncode != 0 and "no such checkpoint file" in proc.stderr, proc.stderr
         logs = sorted(p.name for p in run_dir.glob("*.log"))
         assert logs == (["train_task1.log"] if task == "1" else ["train.log"])
         assert (run_dir / ".hydra").is_dir() == (task == "0")
     # Outside a multi-task job (and with SLURM_PROCID alone) nothing changes.
-    _train(
+    run_module(
+        "picoseg.train",
         [f"hydra.run.dir={tmp_path / 'single'}", f"ckpt_path={missing}"],
         tmp_path,
         {"SLURM_NTASKS": "1", "SLURM_PROCID": "0"},
+        timeout=300,
+        check=False,
     )
     assert (tmp_path / "single" / ".hydra").is_dir() and (
         tmp_path / "single" / "train.log"

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,25 +13,11 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 
-def _run(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
-
-
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def trained_run(tmp_path_factory, run_module):
     root = tmp_path_factory.mktemp("train")
     run_dir = root / "run"
-    proc = _run(
+    proc = run_module(
         "picoseg.train",
         ["debug=fast", f"paths.data_dir={root / 'data'}", f"hydra.run.dir={run_dir}"],
         cwd=root,
@@ -77,10 +59,10 @@ def test_checkpoint_holds_config_and_memory(trained_run):
     assert any(k.startswith("projection.") for k in state)  # training state, not the export
 
 
-def test_evaluate_from_checkpoint_reproduces_the_training_score(trained_run, tmp_path):
+def test_evaluate_from_checkpoint_reproduces_the_training_score(trained_run, tmp_path, run_module):
     run_dir, _ = trained_run
     eval_dir = tmp_path / "eval"
-    _run(
+    run_module(
         "picoseg.evaluate",
         [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={eval_dir}"],
         cwd=run_dir.parent,
@@ -100,10 +82,10 @@ def test_evaluate_from_checkpoint_reproduces_the_training_score(trained_run, tmp
         assert sum(float(v) for v in row[1:]) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_evaluate_with_flip_and_sliding_window(trained_run, tmp_path):
+def test_evaluate_with_flip_and_sliding_window(trained_run, tmp_path, run_module):
     run_dir, _ = trained_run
     eval_dir = tmp_path / "eval_flip"
-    _run(
+    run_module(
         "picoseg.evaluate",
         [
             f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
@@ -121,7 +103,7 @@ def test_evaluate_with_flip_and_sliding_window(trained_run, tmp_path):
     assert (eval_dir / "confusion_matrix.csv").is_file()
 
 
-def test_predict_writes_id_and_colour_masks(trained_run, tmp_path):
+def test_predict_writes_id_and_colour_masks(trained_run, tmp_path, run_module):
     run_dir, _ = trained_run
     images, out = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
@@ -129,7 +111,7 @@ def test_predict_writes_id_and_colour_masks(trained_run, tmp_path):
     sizes = {"first": (40, 56), "second": (64, 48)}
     Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(images / "first.png")
     Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(images / "second.jpg")
-    _run(
+    run_module(
         "picoseg.predict",
         [
             f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
@@ -152,14 +134,14 @@ def test_predict_writes_id_and_colour_masks(trained_run, tmp_path):
             assert colour.mode == "RGB" and colour.size == (width, height)
 
 
-def test_export_cli_writes_an_onnx_model_equal_to_the_checkpoint(trained_run, tmp_path):
+def test_export_cli_writes_an_onnx_model_equal_to_the_checkpoint(trained_run, tmp_path, run_module):
     ort = pytest.importorskip("onnxruntime")
     from picoseg.evaluate import load_run
     from picoseg.export import ExportedSegmentor
 
     run_dir, _ = trained_run
     ckpt = run_dir / "checkpoints" / "best.ckpt"
-    _run(
+    run_module(
         "picoseg.export",
         [f"ckpt_path={ckpt}", "input_size=[64,64]", f"hydra.run.dir={tmp_path / 'export_run'}"],
         cwd=run_dir.parent,
@@ -174,10 +156,10 @@ def test_export_cli_writes_an_onnx_model_equal_to_the_checkpoint(trained_run, tm
     torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_embeddings_cli_writes_scores_and_plots(trained_run, tmp_path):
+def test_embeddings_cli_writes_scores_and_plots(trained_run, tmp_path, run_module):
     run_dir, _ = trained_run
     out = tmp_path / "embeddings"
-    proc = _run(
+    proc = run_module(
         "picoseg.embeddings",
         [
             f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",

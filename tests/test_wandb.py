@@ -4,10 +4,7 @@ run of the debug config whose transaction log must hold the curves, config and m
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -188,11 +185,9 @@ def history_rows(records: list) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_offline_run_holds_curves_config_and_media_and_a_resume_continues_it(tmp_path):
+def test_offline_run_holds_curves_config_and_media_and_a_resume_continues_it(tmp_path, run_module):
     run_dir = tmp_path / "run"
     env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
         "WANDB_MODE": "offline",
         "WANDB_DIR": str(tmp_path / "wandb"),
         "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
@@ -210,18 +205,7 @@ def test_offline_run_holds_curves_config_and_media_and_a_resume_continues_it(tmp
         f"hydra.run.dir={run_dir}",
     ]
 
-    def train(*overrides: str) -> None:
-        proc = subprocess.run(
-            [sys.executable, "-m", "picoseg.train", *overrides],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-
-    train(*args)
+    run_module("picoseg.train", args, tmp_path, env)
     (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")  # save_dir is the run directory
     files = wandb_run / "files"
     (log_path,) = wandb_run.glob("run-*.wandb")
@@ -287,7 +271,8 @@ def test_offline_run_holds_curves_config_and_media_and_a_resume_continues_it(tmp
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["picoseg_wandb_run_id"] == run.run_id
     resumed_dir = tmp_path / "resumed"
-    train(*args[:-1], f"hydra.run.dir={resumed_dir}", f"ckpt_path={last}", "trainer.max_epochs=3")
+    resume = [f"hydra.run.dir={resumed_dir}", f"ckpt_path={last}", "trainer.max_epochs=3"]
+    run_module("picoseg.train", [*args[:-1], *resume], tmp_path, env)
     (resumed_run,) = (resumed_dir / "wandb").glob("offline-run-*")
     assert resumed_run.name.endswith(f"-{run.run_id}")
     (resumed_log,) = resumed_run.glob("run-*.wandb")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -22,7 +21,6 @@ mask_api = pytest.importorskip("pycocotools.mask")
 
 H, W = 6, 8
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "prepare_pascal_context.py"
 CONFIG = REPO / "conf" / "dataset" / "pascal_context.yaml"
 # The 59 classes' category ids in the official 459-category table (alphabetical there too).
 REAL_IDS = (2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104,
@@ -141,11 +139,9 @@ def test_dataset_reads_prepared_split_and_loads(tmp_path: Path) -> None:
     assert batch["mask"].dtype == torch.int64 and batch["name"] == ds.names
 
 
-def test_script_defaults_to_json_in_voc2010(tmp_path: Path, capsys) -> None:
+def test_script_defaults_to_json_in_voc2010(tmp_path: Path, capsys, load_script) -> None:
     base = _tree(tmp_path)
-    spec = importlib.util.spec_from_file_location("prepare_pascal_context", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("prepare_pascal_context")
     assert script.main(["--root", str(tmp_path)]) == 0
     assert "3 masks" in capsys.readouterr().out
     with Image.open(base / "SegmentationClassContext" / "2008_000003.png") as im:
