@@ -1,8 +1,9 @@
 """picoseg: supervised pixel contrastive learning (PiCo) for semantic segmentation.
 
-Importing the package makes the third-party libraries it uses behave offline by default:
-albumentations does not look for updates, the Hugging Face hub is not contacted, and W&B logs
-to local files unless the user chose a mode. Each default only applies when the variable is unset.
+Importing the package quiets two third-party defaults: albumentations does not look for updates,
+and W&B logs to local files unless the user chose a mode (each only when the variable is unset).
+The Hugging Face hub is left as the user has it, so ``backbone.pretrained=true`` downloads timm's
+weights where the network allows it (the tests and CI set ``HF_HUB_OFFLINE=1``).
 
 It also registers the OmegaConf resolver ``picoseg.multirun``, which names a Hydra multirun job
 for loggers (``conf/logger/wandb.yaml``): ``${picoseg.multirun:sweep_name}`` is the name of the
@@ -14,6 +15,11 @@ And ``picoseg.slurm_task``, which keeps the tasks of one multi-task SLURM job
 each other: ``${picoseg.slurm_task:output_subdir}`` is ``.hydra`` for task 0 and ``null`` (no
 ``.hydra/`` output) for the others, ``${picoseg.slurm_task:log_suffix}`` is empty for task 0 and
 ``_task<N>`` for task N, so each task logs to its own file (``conf/hydra/default.yaml``).
+
+And ``picoseg.input_norm``: ``${picoseg.input_norm:<timm model>,mean}`` (or ``std``) is the input
+normalisation the model's pretrained weights expect
+(:func:`picoseg.models.pretrained.input_normalization`), which ``conf/train.yaml`` gives the
+datamodule.
 """
 
 import os
@@ -22,7 +28,6 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 __version__ = "0.1.0"
@@ -59,7 +64,19 @@ def _slurm_task(part: str) -> str | None:
     return f"_task{task}" if other_task else ""
 
 
+def _input_norm(model_name: str, which: str) -> list[float]:
+    """The ``picoseg.input_norm`` resolver: ``mean`` or ``std`` for timm model ``model_name``."""
+    if which not in ("mean", "std"):
+        raise ValueError(f"${{picoseg.input_norm:{model_name},{which}}}: expected mean or std")
+    from picoseg.models.pretrained import input_normalization
+
+    mean, std = input_normalization(str(model_name))
+    return list(mean if which == "mean" else std)
+
+
 if not OmegaConf.has_resolver("picoseg.multirun"):
     OmegaConf.register_new_resolver("picoseg.multirun", _multirun)
 if not OmegaConf.has_resolver("picoseg.slurm_task"):
     OmegaConf.register_new_resolver("picoseg.slurm_task", _slurm_task)
+if not OmegaConf.has_resolver("picoseg.input_norm"):
+    OmegaConf.register_new_resolver("picoseg.input_norm", _input_norm)

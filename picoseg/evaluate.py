@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from picoseg.inference import predict_probabilities
 from picoseg.metrics import (
@@ -117,6 +117,10 @@ def load_run(
         dataset_cfg: another dataset node with the same number of classes, replacing the
             stored one; ``None`` keeps the training dataset.
 
+    The backbone is rebuilt without its pretrained weights (the checkpoint holds the trained
+    ones), so no download or weights package is needed. A replacement dataset that does not set
+    the input normalisation gets the one the model was trained with.
+
     Returns:
         The run configuration (with ``dataset`` replaced if asked) and the system with its
         trained weights, in eval mode on the CPU.
@@ -134,7 +138,15 @@ def load_run(
                 f"dataset {dataset_cfg.name} has {dataset_cfg.num_classes} classes, the model in "
                 f"{ckpt_path} was trained for {run_cfg.dataset.num_classes}"
             )
+        trained = run_cfg.dataset.datamodule
+        normalization = {k: trained[k] for k in ("mean", "std") if trained.get(k) is not None}
         run_cfg.dataset = dataset_cfg
+        with open_dict(run_cfg):
+            for key, value in normalization.items():
+                if run_cfg.dataset.datamodule.get(key) is None:
+                    run_cfg.dataset.datamodule[key] = value
+    backbone = run_cfg.model.network.backbone
+    backbone.pretrained, backbone.weights_path = False, None
     model: SegmentationSystem = instantiate(run_cfg.model)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()

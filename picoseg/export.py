@@ -3,13 +3,16 @@
 
 Only the network is exported (backbone, decoder head, classifier): PiCo's projection head, the
 memory bank and the losses stay behind, so the exported model costs exactly what the CE-only model
-costs. The exported graph takes ImageNet-normalised images (B, 3, H, W), float32, and returns
-class logits (B, num_classes, H, W) upsampled to the input size; batch, height and width are
-dynamic (height and width should be multiples of the backbone's largest stride, 32, or 16 for ViT).
+costs. The exported graph takes normalised RGB images (B, 3, H, W), float32, and returns class
+logits (B, num_classes, H, W) upsampled to the input size; batch, height and width are dynamic
+(height and width should be multiples of the backbone's largest stride, 32, or 16 for ViT).
+The normalisation is the run's (the backbone's pretrained statistics), written beside the model
+as ``<model>.preprocessing.json``: ``(rgb / 255 - mean) / std`` per channel, with the class names.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from picoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from picoseg.evaluate import load_run
 
 log = logging.getLogger(__name__)
@@ -92,7 +96,7 @@ def export_network(
 def export(cfg: DictConfig) -> Path:
     """Rebuild the run of ``cfg.ckpt_path`` and export its network; the default output is
     ``<checkpoint dir>/../export/model.{onnx,pt}``."""
-    _, model = load_run(cfg.ckpt_path)
+    run_cfg, model = load_run(cfg.ckpt_path)
     output = cfg.get("output")
     if output is None:
         output = (
@@ -103,7 +107,19 @@ def export(cfg: DictConfig) -> Path:
     path = export_network(
         model.network.eval(), output, cfg.format, tuple(cfg.input_size), cfg.opset
     )
-    log.info("%s model written to %s", cfg.format, path)
+    datamodule = run_cfg.dataset.datamodule
+    preprocessing = {
+        "input": "RGB, (B, 3, H, W) float32: (pixel / 255 - mean) / std per channel",
+        "mean": list(datamodule.get("mean") or IMAGENET_MEAN),
+        "std": list(datamodule.get("std") or IMAGENET_STD),
+        "class_names": list(model.class_names),
+        "ignore_index": int(model.ignore_index),
+    }
+    preprocessing_path = path.with_name(path.name + ".preprocessing.json")
+    preprocessing_path.write_text(json.dumps(preprocessing, indent=2))
+    log.info(
+        "%s model written to %s (input normalisation: %s)", cfg.format, path, preprocessing_path
+    )
     print(path)
     return path
 

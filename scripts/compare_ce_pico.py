@@ -1,11 +1,17 @@
 """Does PiCo help? CE vs PiCo on the embedded ``scenes`` dataset, several seeds, plus the ablation
 of PiCo's components, on this machine.
 
-Every run is a real ``python -m picoseg.train`` (``experiment=scenes_ce`` or ``scenes_pico``, the
-same model, data, optimiser and budget) in its own directory under ``--output``. Then, for every
-run, the best checkpoint's decoder embeddings of class-balanced validation pixels are scored
-(:func:`picoseg.embeddings.separation_scores`: intra- vs inter-class cosine similarity, their gap
-and the cosine silhouette).
+Every run is a real ``python -m picoseg.train`` (``experiment=<setting>_ce`` or
+``<setting>_pico``, the same model, data, optimiser and budget) in its own directory under
+``--output``. ``--setting scenes`` (default) trains ResNet-18 + FCN from random weights;
+``--setting lite0_scenes`` fine-tunes the ImageNet-pretrained EfficientNet-Lite0, the paper's
+regime in miniature. Then, for every run, the best checkpoint's class-balanced validation pixels
+are scored (:func:`picoseg.embeddings.separation_scores`: intra- vs inter-class cosine
+similarity, their gap and the cosine silhouette) on the decoder embeddings (what the classifier
+reads) and, for PiCo runs, on the projections (what the contrast loss reads).
+
+mIoU is reported per method as the mean with a 95 % confidence interval (Student's t over the
+seeds), and as the paired difference PiCo - CE per seed with its own interval.
 
 Ablation (first seed only), each adding one component to the previous row:
 
@@ -27,8 +33,9 @@ ablation table, wall times) and ``tsne_ce_vs_pico.png`` (decoder embeddings of t
 CE and PiCo runs side by side) into ``--output``. A run whose ``metrics.json`` already exists is
 not trained again, so an interrupted study resumes.
 
-Usage: ``python scripts/compare_ce_pico.py [--seeds 0 1 2] [--epochs 6] [--output DIR]
-[--no-ablation] [--lambdas L ...] [--pixels-per-class 200] [-- extra Hydra overrides]``.
+Usage: ``python scripts/compare_ce_pico.py [--setting scenes|lite0_scenes] [--seeds 0 1 2]
+[--epochs 6] [--output DIR] [--no-ablation] [--lambdas L ...] [--pixels-per-class 200]
+[-- extra Hydra overrides]``.
 """
 
 from __future__ import annotations
@@ -44,20 +51,21 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
 from PIL import Image
+from scipy import stats
 
-from picoseg.embeddings import checkpoint_samples, embed_2d, plot_embedding, separation_scores
 from picoseg.system import resize_labels
+from picoseg.embeddings import checkpoint_samples, embed_2d, plot_embedding, separation_scores
 from picoseg.visualize import default_palette
 
-METHODS = {"ce": ["experiment=scenes_ce"], "pico": ["experiment=scenes_pico"]}
+METHODS = ("ce", "pico")
+SETTINGS = ("scenes", "lite0_scenes")
+# Overrides of each ablation step on top of experiment=<setting>_pico.
 ABLATION = {
     "p2p": [
-        "experiment=scenes_pico",
         "loss=pico_pixel",
         "memory=pixel",
         "sampler=random",
@@ -65,13 +73,12 @@ ABLATION = {
         "synthesis=none",
     ],
     "+region": [
-        "experiment=scenes_pico",
         "memory=pixel_region",
         "sampler=random",
         "sampler.key_strategy=random",
         "synthesis=none",
     ],
-    "+hard": ["experiment=scenes_pico", "synthesis=none"],
+    "+hard": ["synthesis=none"],
 }
 
 
@@ -121,13 +128,15 @@ def embedding_stride(run_cfg, model: torch.nn.Module) -> int:
     return height // features.shape[-2]
 
 
-def embedding_scores(run_dir: Path, pixels_per_class: int) -> tuple[dict, tuple]:
-    """Separation scores of the decoder embeddings of a run's best checkpoint (and the samples)."""
+def embedding_scores(run_dir: Path, pixels_per_class: int) -> tuple[dict, dict | None, tuple]:
+    """Separation scores of the decoder embeddings of a run's best checkpoint, of its
+    projections (``None`` without a projection head), and the decoder samples."""
     samples, run_cfg, model = checkpoint_samples(
         run_dir / "checkpoints" / "best.ckpt", pixels_per_class, seed=0
     )
     z, y = samples["decoder"]
-    return separation_scores(z, y), (z, y, run_cfg, model)
+    projection = separation_scores(*samples["projection"]) if "projection" in samples else None
+    return separation_scores(z, y), projection, (z, y, run_cfg, model)
 
 
 def epoch_means(run_dir: Path, key: str) -> list[float]:
@@ -146,8 +155,29 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} +- {100 * statistics.stdev(values):.1f}"
 
 
+def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of the two-sided Student-t confidence interval of the mean
+    (half-width ``nan`` for a single value)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    t = stats.t.ppf(0.5 + level / 2, df=len(values) - 1)
+    return mean, float(t * statistics.stdev(values) / len(values) ** 0.5)
+
+
+def mean_ci(values: list[float]) -> str:
+    """``mean [low, high]`` in percent, or the value alone for one seed."""
+    mean, half = confidence_interval(values)
+    if half != half:
+        return f"{100 * mean:.1f}"
+    return f"{100 * mean:.1f} [{100 * (mean - half):.1f}, {100 * (mean + half):.1f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--setting", choices=SETTINGS, default="scenes", help="experiment=<setting>_ce|_pico"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--output", type=Path, default=Path("outputs/study"))
@@ -164,31 +194,44 @@ def main() -> None:
     common = [f"trainer.max_epochs={args.epochs}", *args.overrides]
     study_start = time.perf_counter()
 
+    experiment = {m: f"experiment={args.setting}_{m}" for m in METHODS}
     runs = []  # (method, seed, name)
     for seed in args.seeds:
         for method in METHODS:
-            runs.append((method, seed, f"{method}_seed{seed}", [*METHODS[method], f"seed={seed}"]))
+            runs.append(
+                (method, seed, f"{method}_seed{seed}", [experiment[method], f"seed={seed}"])
+            )
     if not args.no_ablation:
         seed = args.seeds[0]
         for step, overrides in ABLATION.items():
             name = f"ablation_{step.lstrip('+')}_seed{seed}"
-            runs.append((step, seed, name, [*overrides, f"seed={seed}"]))
+            runs.append((step, seed, name, [experiment["pico"], *overrides, f"seed={seed}"]))
     for weight in args.lambdas:
         seed = args.seeds[0]
         name = f"pico_lambda{weight:g}_seed{seed}"
-        overrides = [*METHODS["pico"], f"model.contrast_weight={weight}", f"seed={seed}"]
+        overrides = [experiment["pico"], f"model.contrast_weight={weight}", f"seed={seed}"]
         runs.append((f"lambda {weight:g}", seed, name, overrides))
 
     rows, samples = [], {}
     for method, seed, name, overrides in runs:
         metrics = train_run(name, [*overrides, *common], output, args.data_dir.resolve())
-        scores, sample = embedding_scores(Path(metrics["run_dir"]), args.pixels_per_class)
+        scores, projection, sample = embedding_scores(
+            Path(metrics["run_dir"]), args.pixels_per_class
+        )
         if seed == args.seeds[0] and method in METHODS:
             samples[method] = sample
         run_dir = Path(metrics["run_dir"])
         curves = {k: epoch_means(run_dir, f"train/{k}") for k in ("ce", "nce")}
         rows.append(
-            {"method": method, "seed": seed, "name": name, **metrics, "sep": scores, **curves}
+            {
+                "method": method,
+                "seed": seed,
+                "name": name,
+                **metrics,
+                "sep": scores,
+                "proj": projection,
+                **curves,
+            }
         )
 
     _, _, run_cfg, model = samples["ce"]
@@ -205,8 +248,8 @@ def main() -> None:
     grid_share = grid_share / grid_share.sum()
 
     columns = ["method", "seed", "miou", *[f"iou/{c}" for c in rare], "sep_gap", "silhouette",
-               "intra", "inter", "ce_last_epoch", "nce_first_epoch", "nce_last_epoch",
-               "wall_s"]  # fmt: skip
+               "intra", "inter", "proj_gap", "proj_silhouette", "ce_last_epoch",
+               "nce_first_epoch", "nce_last_epoch", "wall_s"]  # fmt: skip
     with open(output / "runs.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
@@ -215,13 +258,15 @@ def main() -> None:
                 [r["method"], r["seed"], f"{r['miou']:.4f}",
                  *(f"{(r['iou'][c] or 0.0):.4f}" for c in rare),
                  *(f"{r['sep'][k]:.4f}" for k in ("gap", "silhouette", "intra", "inter")),
+                 *(f"{r['proj'][k]:.4f}" if r["proj"] else "" for k in ("gap", "silhouette")),
                  f"{r['ce'][-1]:.4f}",
                  *((f"{r['nce'][0]:.3f}", f"{r['nce'][-1]:.3f}") if r["nce"] else ("", "")),
                  f"{r['wall_s']:.0f}"]
             )  # fmt: skip
 
     lines = [
-        f"CE vs PiCo on `scenes`, {args.epochs} epochs per run, seeds {args.seeds}; rarest "
+        f"CE vs PiCo on `scenes` (`experiment={args.setting}_ce|pico`), {args.epochs} epochs "
+        f"per run, seeds {args.seeds}; rarest "
         f"classes by training pixels (share of all pixels; share of the stride-{stride} "
         "embedding grid's cells): "
         + ", ".join(
@@ -229,38 +274,64 @@ def main() -> None:
             f"{100 * grid_share[class_names.index(c)]:.2f}%)"
             for c in rare
         )
-        + ". mIoU and IoU in %; separation of decoder embeddings (cosine; gap = intra - inter).",
+        + ". mIoU and IoU in %; separation (cosine; gap = intra - inter) of the decoder "
+        "embeddings and, for PiCo, of the projections.",
         "",
         "| run | seed | mIoU | "
         + " | ".join(rare)
-        + " | gap | silhouette | train CE (last epoch) | train NCE (first -> last) | wall (s) |",
-        "|---|---:|---:|" + "---:|" * len(rare) + "---:|---:|---:|---:|---:|",
+        + " | gap | silhouette | proj. gap | proj. silhouette | train CE (last epoch)"
+        " | train NCE (first -> last) | wall (s) |",
+        "|---|---:|---:|" + "---:|" * len(rare) + "---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         nce = f"{r['nce'][0]:.2f} -> {r['nce'][-1]:.2f}" if r["nce"] else "-"
+        proj = f"{r['proj']['gap']:.3f} | {r['proj']['silhouette']:.3f}" if r["proj"] else "- | -"
         lines.append(
             f"| {r['method']} | {r['seed']} | {100 * r['miou']:.1f} | "
             + " | ".join(f"{100 * (r['iou'][c] or 0.0):.1f}" for c in rare)
-            + f" | {r['sep']['gap']:.3f} | {r['sep']['silhouette']:.3f} | {r['ce'][-1]:.3f}"
-            + f" | {nce} | {r['wall_s']:.0f} |"
+            + f" | {r['sep']['gap']:.3f} | {r['sep']['silhouette']:.3f} | {proj}"
+            + f" | {r['ce'][-1]:.3f} | {nce} | {r['wall_s']:.0f} |"
         )
-    lines += ["", "| method | mIoU | " + " | ".join(rare) + " | gap | silhouette |"]
-    lines.append("|---|---:|" + "---:|" * len(rare) + "---:|---:|")
+    lines += [
+        "",
+        "| method | mIoU, mean [95% CI] | "
+        + " | ".join(rare)
+        + " | gap | silhouette | proj. gap | proj. silhouette |",
+        "|---|---:|" + "---:|" * len(rare) + "---:|---:|---:|---:|",
+    ]
     for method in METHODS:
         group = [r for r in rows if r["method"] == method]
-        gap = [r["sep"]["gap"] for r in group]
-        sil = [r["sep"]["silhouette"] for r in group]
         spread = len(group) > 1
+
+        def spread_of(values: list[float], spread: bool = spread) -> str:
+            return f"{statistics.mean(values):.3f}" + (
+                f" +- {statistics.pstdev(values):.3f}" if spread else ""
+            )
+
+        projected = [r["proj"] for r in group if r["proj"]]
+        proj = (
+            spread_of([p["gap"] for p in projected])
+            + " | "
+            + spread_of([p["silhouette"] for p in projected])
+            if projected
+            else "- | -"
+        )
         lines.append(
             f"| {method} ({len(group)} seed{'s' if spread else ''}) | "
-            f"{mean_std([r['miou'] for r in group])} | "
+            f"{mean_ci([r['miou'] for r in group])} | "
             + " | ".join(mean_std([r["iou"][c] or 0.0 for r in group]) for c in rare)
-            + f" | {statistics.mean(gap):.3f}"
-            + (f" +- {statistics.pstdev(gap):.3f}" if spread else "")
-            + f" | {statistics.mean(sil):.3f}"
-            + (f" +- {statistics.pstdev(sil):.3f}" if spread else "")
-            + " |"
+            + f" | {spread_of([r['sep']['gap'] for r in group])}"
+            + f" | {spread_of([r['sep']['silhouette'] for r in group])} | {proj} |"
         )
+    by_seed = {(r["method"], r["seed"]): r["miou"] for r in rows if r["method"] in METHODS}
+    differences = [by_seed["pico", s] - by_seed["ce", s] for s in args.seeds]
+    wins = sum(d > 0 for d in differences)
+    lines += [
+        "",
+        f"PiCo - CE, paired by seed: {mean_ci(differences)} mIoU points (mean [95% CI]); "
+        f"per seed {', '.join(f'{100 * d:+.1f}' for d in differences)}; PiCo ahead in {wins} "
+        f"of {len(differences)} seeds.",
+    ]
     if not args.no_ablation:
         first = args.seeds[0]
         lines += [

@@ -10,11 +10,15 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+# Offline tests: timm must never reach the Hugging Face hub (set before it is imported). The
+# library leaves this to the user, so that backbone.pretrained=true downloads for them.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from picoseg.config import drop_disabled_settings
 
@@ -93,3 +97,22 @@ def compose_config(tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def write_checkpoint():
+    """``write_checkpoint(cfg, model, path) -> run_config``: a checkpoint of ``model`` holding
+    what ``picoseg.train`` stores (weights and the resolved run configuration, without the
+    ``hydra`` node), for the entry points that rebuild a run from it."""
+
+    def _write(cfg: DictConfig, model, path: Path) -> dict:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
+        run_config = OmegaConf.to_container(cfg, resolve=True)
+        import torch
+
+        torch.save({"state_dict": model.state_dict(), "picoseg_config": run_config}, path)
+        return run_config
+
+    return _write

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -24,3 +25,18 @@ def test_class_pixel_counts_on_full_masks_and_on_the_embedding_grid(tmp_path, lo
     # ignored and (2, 4) is class 1.
     grid = study.class_pixel_counts(tmp_path, 3, 255, stride=2)
     assert grid.tolist() == [8 - 1 - 1, 1 + 8, 0]
+
+
+def test_confidence_interval_of_the_mean_by_hand(load_script):
+    study = load_script("compare_ce_pico")
+    # Three seeds: mean 0.50, sample std 0.01; Student's t(0.975, df=2) = 4.3027, so the
+    # half-width is 4.3027 * 0.01 / sqrt(3) = 0.024841.
+    mean, half = study.confidence_interval([0.49, 0.50, 0.51])
+    assert mean == pytest.approx(0.50)
+    assert half == pytest.approx(4.302653 * 0.01 / 3**0.5, rel=1e-5)
+    assert study.mean_ci([0.49, 0.50, 0.51]) == "50.0 [47.5, 52.5]"
+    # Two seeds: t(0.975, df=1) = 12.706; one seed has no interval.
+    assert study.confidence_interval([0.4, 0.6])[1] == pytest.approx(
+        12.7062 * 0.1414214 / 2**0.5, rel=1e-4
+    )
+    assert study.mean_ci([0.42]) == "42.0"

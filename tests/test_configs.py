@@ -6,11 +6,13 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import timm
 import torch
 from hydra.utils import instantiate
 
 from picoseg.data import SegmentationDataModule
 from picoseg.models import Backbone
+from picoseg.models.pretrained import input_normalization, packaged_weights_file
 from picoseg.system import SegmentationSystem
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -119,8 +121,25 @@ def test_run_groups(compose_config, group, option):
 )
 def test_experiments(compose_config, group, option):
     cfg = compose_config([f"{group}={option}"])
+    if cfg.backbone.pretrained and packaged_weights_file(cfg.backbone.name) is None:
+        # timm would download these weights (offline here): build the same model without them.
+        cfg = compose_config([f"{group}={option}", "backbone.pretrained=false"])
     _build_model(cfg)
     instantiate(cfg.dataset.datamodule)
+
+
+PAPER_RECIPES = [o for o in group_options("experiment") if o.endswith(("_cityscapes", "_ade20k"))]
+
+
+@pytest.mark.parametrize("option", PAPER_RECIPES)
+def test_paper_recipes_start_from_imagenet_weights(compose_config, option):
+    cfg = compose_config([f"experiment={option}"])
+    assert cfg.backbone.pretrained is True
+    # A pinned pretrained tag that timm knows, so the download is the paper's weights.
+    assert cfg.backbone.name in timm.list_pretrained(cfg.backbone.name)
+    mean, std = input_normalization(cfg.backbone.name)
+    assert list(cfg.dataset.datamodule.mean) == list(mean)
+    assert list(cfg.dataset.datamodule.std) == list(std)
 
 
 def test_design_card_names(compose_config):

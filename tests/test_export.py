@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from picoseg.export import ExportedSegmentor, export_network
+from picoseg.export import ExportedSegmentor, export, export_network
 
 
 def _default_system(compose_config):
@@ -56,3 +59,23 @@ def test_torchscript_matches_pytorch(compose_config, tmp_path):
 def test_unknown_format_is_an_error(compose_config, tmp_path):
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         export_network(torch.nn.Identity(), tmp_path / "m", "tflite")
+
+
+def test_export_writes_the_input_normalisation_of_the_run(
+    compose_config, write_checkpoint, tmp_path
+):
+    # EfficientNet-Lite0's TF weights expect mean = std = 0.5, not ImageNet's statistics.
+    cfg = compose_config(["backbone=efficientnet_lite0", "loss=ce"])
+    write_checkpoint(cfg, instantiate(cfg.model), tmp_path / "run.ckpt")
+    export_cfg = {
+        "ckpt_path": str(tmp_path / "run.ckpt"),
+        "output": str(tmp_path / "model.pt"),
+        "format": "torchscript",
+        "input_size": [64, 64],
+        "opset": 18,
+    }
+    path = export(OmegaConf.create(export_cfg))
+    preprocessing = json.loads((tmp_path / "model.pt.preprocessing.json").read_text())
+    assert path == tmp_path / "model.pt"
+    assert preprocessing["mean"] == [0.5, 0.5, 0.5] and preprocessing["std"] == [0.5, 0.5, 0.5]
+    assert preprocessing["class_names"] == list(cfg.dataset.class_names)

@@ -11,6 +11,13 @@ import torch
 from timm.models._features import FeatureGetterNet
 from torch import nn
 
+from picoseg.models.pretrained import (
+    convert_efficientnet_pytorch,
+    download_error,
+    is_efficientnet_pytorch,
+    packaged_weights_file,
+)
+
 log = logging.getLogger(__name__)
 
 #: Prefixes of classifier weights in timm checkpoints, which a features-only model never uses.
@@ -30,10 +37,15 @@ class Backbone(nn.Module):
     Args:
         name: timm model name, e.g. ``resnet50``, ``hrnet_w48``, ``pvt_v2_b2``,
             ``vit_base_patch16_224``.
-        pretrained: let timm fetch its pretrained weights (needs network access; off by default).
+        pretrained: start from ImageNet weights: ``weights_path`` when given, else the file a
+            package ships for this model (:data:`picoseg.models.pretrained.PACKAGED_WEIGHTS`,
+            offline), else timm's download (needs network access; a failed download is a
+            :class:`RuntimeError` that says what to do). ``name`` may pin timm's weights with a
+            tag, e.g. ``hrnet_w48.ms_in1k``.
         weights_path: a local checkpoint of the full timm model (``.pth``/``.pt``/``.safetensors``,
-            optionally nested under ``state_dict`` or ``model``); see
-            :func:`load_backbone_weights` for which of its keys may go unused.
+            optionally nested under ``state_dict`` or ``model``), loaded whether or not
+            ``pretrained`` is set; see :func:`load_backbone_weights` for which of its keys may
+            go unused.
         out_indices: which feature levels to return (timm's numbering: 0 = stem for CNNs, the
             first stage for ``pvt_v2``, block indices for ViTs).
         output_stride: dilate the last stages so features stop at this stride (8 or 16 for the
@@ -64,28 +76,40 @@ class Backbone(nn.Module):
             kwargs.setdefault("feature_location", "")
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
+        if final_norm:
+            if output_stride is not None:
+                raise ValueError(f"{name}: final_norm=True takes no output_stride")
+            indices = kwargs.pop("out_indices", 3)
+        else:
+            kwargs["features_only"] = True
         if output_stride is not None:
             kwargs["output_stride"] = output_stride
         self.name = name
+        if pretrained and weights_path is None:
+            weights_path = packaged_weights_file(name)
+            if weights_path is not None:
+                log.info("%s: ImageNet weights from %s", name, weights_path)
+        download = bool(pretrained) and weights_path is None
+        try:
+            model = timm.create_model(name, pretrained=download, **kwargs)
+        except Exception as error:
+            if not download:
+                raise
+            # Tell a failed download from a bad architecture: the latter fails without weights too.
+            timm.create_model(name, pretrained=False, **kwargs)
+            raise download_error(name, error) from None
         if final_norm:
             # timm's features_only ViT prunes the final norm, and its builder takes no
             # feature_cfg from the caller, so wrap the full model here with the norm kept.
-            indices = kwargs.pop("out_indices", 3)
-            if output_stride is not None:
-                raise ValueError(f"{name}: final_norm=True takes no output_stride")
-            model = timm.create_model(name, pretrained=pretrained, **kwargs)
             if not (hasattr(model, "forward_intermediates") and hasattr(model, "blocks")):
                 raise ValueError(
                     f"{name}: final_norm=True is for plain ViTs (timm vit_* models); this model "
                     "has no block-wise forward_intermediates"
                 )
-            self.model = FeatureGetterNet(model, indices, norm=True)
-        else:
-            self.model = timm.create_model(
-                name, pretrained=pretrained, features_only=True, **kwargs
-            )
+            model = FeatureGetterNet(model, indices, norm=True)
+        self.model = model
         if weights_path is not None:
-            load_backbone_weights(self.model, weights_path)
+            load_backbone_weights(self.model, weights_path, name)
         self.channels: list[int] = list(self.model.feature_info.channels())
         self.reductions: list[int] = list(self.model.feature_info.reduction())
 
@@ -94,8 +118,13 @@ class Backbone(nn.Module):
         return self.model(images)
 
 
-def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
+def load_backbone_weights(
+    model: nn.Module, path: str | Path, model_name: str | None = None
+) -> list[str]:
     """Load a local checkpoint of a full timm model into its features-only twin.
+
+    A checkpoint in EfficientNet-PyTorch's layout (``_conv_stem``, ``_blocks``) is first renamed
+    to timm ``model_name``'s keys (:func:`~picoseg.models.pretrained.convert_efficientnet_pytorch`).
 
     The checkpoint's keys are first renamed as timm's feature wrappers rename modules: a
     flattened first-level ``nn.Sequential`` (``stages.0.x`` -> ``stages_0.x``, as in ``pvt_v2``)
@@ -131,6 +160,13 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    if is_efficientnet_pytorch(state):
+        if model_name is None:
+            raise ValueError(
+                f"{path}: weights in EfficientNet-PyTorch's layout (_conv_stem, _blocks); give "
+                "the timm model name they belong to (e.g. tf_efficientnet_lite0)"
+            )
+        state = convert_efficientnet_pytorch(state, model_name, path)
     own = model.state_dict()
     renamed = {_feature_key(model, k): k for k in state}
     unused = {
