@@ -5,7 +5,9 @@ a FIFO ring of pixel embeddings and a FIFO ring of region embeddings. Pushing ``
 class writes them at ``pointer, pointer + 1, ...`` (mod T), overwriting the oldest entries, and
 advances the pointer by ``n``; when more than T entries arrive at once, only the newest T are
 kept. A ring fills from slot 0 and, once full, stays full, so its filled slots are always
-``[0, count)``; empty slots are never returned as keys.
+``[0, count)``; empty slots are never returned as keys. With ``max_age``, keys written more than
+``max_age`` pushes (training steps) ago are not returned either: they were made by an older
+projection head.
 
 :class:`MemoryBankCallback` pushes each training batch after its step (the batch is never in memory
 when its own loss is computed), gathering the candidates of all DDP ranks first so that every
@@ -71,6 +73,9 @@ class MemoryBank(nn.Module):
         use_pixel: keep a pixel queue (Tp = 0 otherwise).
         use_region: keep a region queue (Tr = 0 otherwise).
         ignore_index: label never pushed.
+        max_age: keys stay usable for this many pushes (one push per training step); older
+            ones are skipped like empty slots. ``None``: until overwritten (the reference).
+            Keeps a push counter and a per-slot push index in the state (checkpoints).
     """
 
     def __init__(
@@ -83,8 +88,11 @@ class MemoryBank(nn.Module):
         use_pixel: bool = True,
         use_region: bool = True,
         ignore_index: int = 255,
+        max_age: int | None = None,
     ) -> None:
         super().__init__()
+        if max_age is not None and max_age < 1:
+            raise ValueError(f"MemoryBank: max_age must be >= 1 or None, got {max_age}")
         if num_classes < 1 or dim < 1:
             raise ValueError(f"MemoryBank: num_classes={num_classes} and dim={dim} must be >= 1")
         if not (use_pixel or use_region):
@@ -108,7 +116,13 @@ class MemoryBank(nn.Module):
         self.register_buffer("pixel_count", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("region_pointer", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("region_count", torch.zeros(num_classes, dtype=torch.long))
+        self.max_age = max_age
+        if max_age is not None:
+            # Push index of each slot, and the number of pushes so far.
+            self.register_buffer("stamps", torch.zeros(num_classes, stride, dtype=torch.long))
+            self.register_buffer("pushes", torch.zeros((), dtype=torch.long))
         self._host_counts: tuple[list[int], list[int]] | None = ([0] * num_classes,) * 2
+        self._host_starts: tuple[list[int], list[int]] = ([0] * num_classes,) * 2
         self._pools: dict[tuple[bool, bool, int], KeyPool] = {}
         self._region_cache: tuple | None = None
 
@@ -121,7 +135,8 @@ class MemoryBank(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, dim={self.dim}, pixel_size={self.pixel_size}, "
-            f"region_size={self.region_size}, pixels_per_image={self.pixels_per_image}"
+            f"region_size={self.region_size}, pixels_per_image={self.pixels_per_image}, "
+            f"max_age={self.max_age}"
         )
 
     # -- views -------------------------------------------------------------------------------------
@@ -148,6 +163,8 @@ class MemoryBank(nn.Module):
         from rank 0 every step (it is identical on all ranks already).
         """
         names = ["keys", "pixel_pointer", "pixel_count", "region_pointer", "region_count"]
+        if self.max_age is not None:
+            names += ["stamps", "pushes"]
         return [f"{prefix}.{name}" if prefix else name for name in names]
 
     @staticmethod
@@ -261,6 +278,8 @@ class MemoryBank(nn.Module):
         chosen = keep.nonzero(as_tuple=True)  # host sync: push runs after the step
         storage = self.keys.view(num_classes * stride, self.dim)
         storage.index_copy_(0, row[chosen], entries[chosen].to(storage.dtype))
+        if self.max_age is not None:
+            self.stamps.view(-1).index_fill_(0, row[chosen], int(self.pushes))
         pointer.copy_((pointer + pushed) % capacity)
         count.copy_(torch.clamp(count + pushed, max=capacity))
 
@@ -297,6 +316,8 @@ class MemoryBank(nn.Module):
                     self.region_size,
                     self.pixel_size,
                 )
+            if self.max_age is not None:
+                self.pushes += 1
         self.refresh_counts()
 
     def _check(self, num_classes: int, dim: int) -> None:
@@ -308,9 +329,39 @@ class MemoryBank(nn.Module):
 
     # -- reading -----------------------------------------------------------------------------------
 
+    def live_counts(self) -> tuple[Tensor, Tensor]:
+        """(C,) pixel and (C,) region keys that are usable now: the filled slots, and with
+        ``max_age`` only those written in the last ``max_age`` pushes. They are the newest
+        entries of each ring, i.e. the slots just before its pointer."""
+        if self.max_age is None:
+            return self.pixel_count, self.region_count
+        fresh = self.stamps >= self.pushes - self.max_age
+        parts = []
+        for start, size, count in (
+            (0, self.pixel_size, self.pixel_count),
+            (self.pixel_size, self.region_size, self.region_count),
+        ):
+            filled = torch.arange(size, device=self.keys.device) < count.unsqueeze(1)
+            parts.append((fresh[:, start : start + size] & filled).sum(1))
+        return parts[0], parts[1]
+
+    def live_starts(self) -> tuple[Tensor, Tensor]:
+        """(C,) first slot of the usable keys of each pixel and region ring (0 without
+        ``max_age``: the filled slots are ``[0, count)``)."""
+        pixel_live, region_live = self.live_counts()
+        if self.max_age is None:
+            return torch.zeros_like(pixel_live), torch.zeros_like(region_live)
+        return (
+            (self.pixel_pointer - pixel_live) % max(1, self.pixel_size),
+            (self.region_pointer - region_live) % max(1, self.region_size),
+        )
+
     def refresh_counts(self) -> None:
-        """Re-reads the fill counts on the host (after a push, a load or a manual edit)."""
-        self._host_counts = (self.pixel_count.tolist(), self.region_count.tolist())
+        """Re-reads the usable key counts on the host (after a push, a load or a manual edit)."""
+        pixel, region = self.live_counts()
+        self._host_counts = (pixel.tolist(), region.tolist())
+        pixel_start, region_start = self.live_starts()
+        self._host_starts = (pixel_start.tolist(), region_start.tolist())
         self._pools.clear()
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
@@ -333,43 +384,56 @@ class MemoryBank(nn.Module):
         pool = self._pools.get(cache_key)
         if pool is not None and pool.storage.device == self.keys.device:
             return pool
-        counts, offsets, sizes, is_region = [], [], [], []
+        counts, starts, offsets, sizes, is_region = [], [], [], [], []
         if pixel:
             counts.append(self._host_counts[0])
+            starts.append(self._host_starts[0])
             offsets.append(0)
             sizes.append(self.pixel_size)
             is_region.append(False)
         if region:
             counts.append(self._host_counts[1])
+            starts.append(self._host_starts[1])
             offsets.append(self.pixel_size)
             sizes.append(self.region_size)
             is_region.append(True)
         if not counts:
-            counts, offsets, sizes, is_region = [[0] * self.num_classes], [0], [0], [False]
+            counts, starts = [[0] * self.num_classes], [[0] * self.num_classes]
+            offsets, sizes, is_region = [0], [0], [False]
         stride = self.pixel_size + self.region_size
         storage = self.keys.view(self.num_classes * stride, self.dim)
-        pool = KeyPool.from_counts(storage, counts, offsets, sizes, is_region, stride)
+        pool = KeyPool.from_counts(storage, counts, offsets, sizes, is_region, stride, starts)
         self._pools[cache_key] = pool
         return pool
 
-    def _filled(self, start: int, capacity: int, count: Tensor) -> tuple[Tensor, Tensor]:
+    def _filled(
+        self, start: int, capacity: int, count: Tensor, first: Tensor
+    ) -> tuple[Tensor, Tensor]:
         block = self.keys[:, start : start + capacity]
-        filled = torch.arange(capacity, device=self.keys.device).unsqueeze(0) < count.unsqueeze(1)
+        # Ring position of each slot counted from the first usable one.
+        position = (torch.arange(capacity, device=self.keys.device) - first.unsqueeze(1)) % max(
+            1, capacity
+        )
+        filled = position < count.unsqueeze(1)
         labels = torch.arange(self.num_classes, device=self.keys.device).unsqueeze(1)
         return block[filled], labels.expand(-1, capacity)[filled]
 
     def pixel_keys(self) -> tuple[Tensor, Tensor]:
-        """Filled pixel slots: keys (M, D) and labels (M,), sorted by class (data-dependent M)."""
-        return self._filled(0, self.pixel_size, self.pixel_count)
+        """Usable pixel slots: keys (M, D) and labels (M,), sorted by class (data-dependent M)."""
+        count, first = self.live_counts()[0], self.live_starts()[0]
+        return self._filled(0, self.pixel_size, count, first)
 
     def region_keys(self) -> tuple[Tensor, Tensor]:
-        """Filled region slots: keys (M, D) and labels (M,), sorted by class (data-dependent M)."""
-        return self._filled(self.pixel_size, self.region_size, self.region_count)
+        """Usable region slots: keys (M, D) and labels (M,), sorted by class (data-dependent M)."""
+        count, first = self.live_counts()[1], self.live_starts()[1]
+        return self._filled(self.pixel_size, self.region_size, count, first)
 
     def fill_fraction(self) -> Tensor:
-        """(C,) float: filled slots / capacity per class, both queues together."""
+        """(C,) float: usable slots (filled, and young enough with ``max_age``) / capacity per
+        class, both queues together."""
         capacity = max(1, self.pixel_size + self.region_size)
-        return (self.pixel_count + self.region_count).float() / capacity
+        pixel, region = self.live_counts()
+        return (pixel + region).float() / capacity
 
 
 # --------------------------------------------------------------------------------------------------

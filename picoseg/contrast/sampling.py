@@ -114,22 +114,26 @@ class KeyPool:
         part_sizes: Sequence[int],
         part_is_region: Sequence[bool],
         stride: int,
+        slot_starts: Sequence[Sequence[int]] | None = None,
     ) -> KeyPool:
         """Builds the pool of the filled slots of per-class ring buffers.
 
         The storage holds, for every class ``c``, a block of ``stride`` rows starting at row
         ``c * stride``; inside it, part ``p`` (e.g. pixel queue, region queue) occupies the rows
-        ``[part_offsets[p], part_offsets[p] + part_sizes[p])`` and its first
-        ``slot_counts[p][c]`` rows are filled (a ring buffer fills from slot 0 and, once full,
-        stays full). Only host integers are read: no synchronisation.
+        ``[part_offsets[p], part_offsets[p] + part_sizes[p])``. Its ``slot_counts[p][c]``
+        keys are the slots ``slot_starts[p][c], +1, ...`` (mod the part's size); without
+        ``slot_starts``, the first slots (a ring buffer fills from slot 0 and, once full, stays
+        full). Only host integers are read: no synchronisation.
 
         Args:
             storage: (C * stride, D) keys.
-            slot_counts: per part, the C fill counts (host ints).
+            slot_counts: per part, the C numbers of keys (host ints).
             part_offsets: first row of each part inside a class block.
             part_sizes: capacity of each part.
             part_is_region: whether each part holds region keys.
             stride: rows per class block.
+            slot_starts: per part, the C first slots of the keys (host ints; a stretch that
+                passes the end of the part continues at its slot 0). ``None``: all 0.
         """
         device = storage.device
         num_classes = len(slot_counts[0])
@@ -139,9 +143,14 @@ class KeyPool:
             class_total = 0
             for p, offset in enumerate(part_offsets):
                 length = int(slot_counts[p][c])
-                if length > 0:
-                    segments.append((c * stride + offset, length, c, bool(part_is_region[p])))
-                    class_total += length
+                start = int(slot_starts[p][c]) if slot_starts is not None else 0
+                first = min(length, int(part_sizes[p]) - start)
+                region = bool(part_is_region[p])
+                if first > 0:
+                    segments.append((c * stride + offset + start, first, c, region))
+                if length > first:  # wraps around to the part's slot 0
+                    segments.append((c * stride + offset, length - first, c, region))
+                class_total += length
             counts.append(class_total)
         runs: list[tuple[int, int, int]] = []
         column = 0

@@ -243,3 +243,56 @@ def test_select_reuses_the_loss_regions_only_for_unchanged_tensors():
     projections.mul_(-1)  # in place: the cached regions are stale now
     candidates = memory.select(projections, labels)
     torch.testing.assert_close(candidates.region_keys, -fresh)
+
+
+def _pool_keys(pool, c):
+    """The keys of class ``c`` in a key pool, as a set of row tuples."""
+    start, count = int(pool.class_offset[c]), int(pool.class_count[c])
+    rows = pool.storage_rows(torch.arange(start, start + count))
+    return {tuple(k.tolist()) for k in pool.storage[rows]}
+
+
+@pytest.mark.parametrize("max_age", [1, 3])
+def test_age_limited_memory_returns_only_keys_of_the_last_pushes(max_age):
+    # A naive reference: every entry ever pushed with its push index; usable are the newest
+    # `size` entries of a class (the ring keeps those) that are at most `max_age` pushes old.
+    gen = torch.Generator().manual_seed(0)
+    classes, per_group, dim, pixel_size, region_size = 3, 3, 4, 7, 4
+    memory = MemoryBank(
+        classes, dim, pixel_size, region_size, per_group, ignore_index=IGNORE, max_age=max_age
+    )
+    history = {kind: [[] for _ in range(classes)] for kind in ("pixel", "region")}
+    for step in range(9):
+        candidates = _random_candidates(gen, 2, classes, per_group, dim)
+        for c in range(classes):
+            for b in range(2):
+                for v in range(per_group):
+                    if candidates.pixel_valid[b, c, v]:
+                        history["pixel"][c].append((step, candidates.pixel_keys[b, c, v]))
+                if candidates.region_valid[b, c]:
+                    history["region"][c].append((step, candidates.region_keys[b, c]))
+        memory.push(candidates)
+        pushes = step + 1
+        for kind, size in (("pixel", pixel_size), ("region", region_size)):
+            pool = memory.key_pool(pixel=kind == "pixel", region=kind == "region")
+            for c in range(classes):
+                kept = history[kind][c][-size:]
+                expected = {tuple(k.tolist()) for s, k in kept if pushes - s <= max_age}
+                assert _pool_keys(pool, c) == expected, (step, kind, c)
+                keys, labels = memory.pixel_keys() if kind == "pixel" else memory.region_keys()
+                assert {tuple(k.tolist()) for k in keys[labels == c]} == expected
+    # The ages are part of the state: a copy loaded from the state dict returns the same keys.
+    copy = MemoryBank(
+        classes, dim, pixel_size, region_size, per_group, ignore_index=IGNORE, max_age=max_age
+    )
+    copy.load_state_dict(memory.state_dict())
+    for c in range(classes):
+        assert _pool_keys(copy.key_pool(), c) == _pool_keys(memory.key_pool(), c)
+    assert int(copy.pushes) == 9
+
+
+def test_memory_without_age_limit_keeps_its_state_keys():
+    memory = MemoryBank(2, 4, 5, 5, 2, ignore_index=IGNORE)
+    assert "stamps" not in memory.state_dict() and "pushes" not in memory.state_dict()
+    with pytest.raises(ValueError, match="max_age must be >= 1"):
+        MemoryBank(2, 4, 5, 5, 2, max_age=0)
