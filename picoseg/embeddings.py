@@ -3,7 +3,7 @@
 
 Samples the same number of pixels of every class from the validation images (class-balanced, with
 a fixed seed), takes their decoder embeddings (``SegmentationOutput.features``, what the classifier
-and the projection head read) and, when the run trained one, their projection-head embeddings,
+reads) and, when the run trained one, their projection-head embeddings,
 and for each:
 
 - prints and saves a separation score: the mean cosine similarity of pixel pairs of the same class
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from picoseg.contrast.grid_labels import resize_labels
 from picoseg.evaluate import load_run
-from picoseg.system import resize_labels
 from picoseg.visualize import default_palette
 
 matplotlib.use("Agg")
@@ -202,7 +202,12 @@ def collect_embeddings(
         labels = resize_labels(batch["mask"], out.features.shape[-2:]).flatten()
         sources = {"decoder": out.features.permute(0, 2, 3, 1).flatten(0, 2)}
         if model.projection is not None:
-            proj = model.projection(out.features)
+            proj = model.projection(out.projection_input)
+            if proj.shape[-2:] != out.features.shape[-2:]:
+                raise ValueError(
+                    f"projections {tuple(proj.shape[-2:])} and decoder features "
+                    f"{tuple(out.features.shape[-2:])} are on different grids"
+                )
             sources["projection"] = proj.permute(0, 2, 3, 1).flatten(0, 2)
         valid = labels != ignore_index
         sampler.update(labels[valid], **{k: v[valid] for k, v in sources.items()})

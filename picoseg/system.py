@@ -16,6 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.optim import Optimizer
 
+from picoseg.contrast.grid_labels import LABEL_RESIZE_MODES, resize_labels
 from picoseg.inference import predict_probabilities
 from picoseg.metrics import confusion_metric, iou_from_confusion
 from picoseg.models.output import SegmentationOutput
@@ -25,18 +26,6 @@ if TYPE_CHECKING:
     from picoseg.contrast import ContrastOutput, MemoryBank, PixelContrastLoss
 
 _log = logging.getLogger(__name__)
-
-
-def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour resize of (B, H, W) integer labels to ``size`` (the embedding grid).
-
-    The stride is read from the tensors, never assumed: any ratio works, and the ignore label
-    survives unchanged because nearest-neighbour resizing never mixes ids.
-    """
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    resized = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")
-    return resized[:, 0].long()
 
 
 def global_rng_state() -> dict[str, Any]:
@@ -113,6 +102,10 @@ class SegmentationSystem(L.LightningModule):
         contrast_weight: lambda.
         contrast_warmup_steps: optimiser steps with the contrast weighted 0.
         aux_weight: weight of each auxiliary cross-entropy term.
+        label_resize: how the labels reach the embedding grid for the contrast and the memory
+            (:mod:`picoseg.contrast.grid_labels`): ``nearest`` (a cell's top-left pixel),
+            ``center`` (its centre pixel) or ``pure`` (cells that mix labels are ignored).
+            Cross-entropy and metrics never use it (they read upsampled logits).
         criterion: ``criterion(output, labels) -> {name: weighted term}`` replacing ``L_CE``
             (e.g. :class:`~picoseg.mask_classification.MaskClassificationLoss` for MaskFormer);
             the terms are summed and each is logged as ``train/<name>``, while ``train/ce`` of
@@ -155,6 +148,7 @@ class SegmentationSystem(L.LightningModule):
         contrast_weight: float = 0.1,
         contrast_warmup_steps: int = 0,
         aux_weight: float = 0.4,
+        label_resize: str = "nearest",
         criterion: Callable[[SegmentationOutput, torch.Tensor], dict[str, torch.Tensor]]
         | None = None,
         backbone_lr_mult: float = 1.0,
@@ -169,6 +163,8 @@ class SegmentationSystem(L.LightningModule):
             )
         if contrast is not None and projection is None:
             raise ValueError("a contrast loss needs a projection head (model.projection)")
+        if label_resize not in LABEL_RESIZE_MODES:
+            raise ValueError(f"label_resize={label_resize!r}: expected one of {LABEL_RESIZE_MODES}")
         self.network = network
         self.num_classes = num_classes
         self.class_names = list(class_names)
@@ -176,7 +172,7 @@ class SegmentationSystem(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.projection = (
-            projection(in_channels=network.feature_channels)
+            projection(in_channels=network.contrast_channels)
             if projection is not None and contrast is not None
             else None
         )
@@ -189,6 +185,7 @@ class SegmentationSystem(L.LightningModule):
         self.contrast_weight = contrast_weight
         self.contrast_warmup_steps = contrast_warmup_steps
         self.aux_weight = aux_weight
+        self.label_resize = label_resize
         self.criterion = criterion
         self.backbone_lr_mult = backbone_lr_mult
         #: ``torch.compile`` keyword arguments for the backbone and head; ``None``: eager.
@@ -218,18 +215,20 @@ class SegmentationSystem(L.LightningModule):
         """The contrast loss of a network output, computed in float32 outside autocast.
 
         Args:
-            out: the network's output (its ``features`` may be bfloat16/float16 under autocast).
+            out: the network's output (its features may be bfloat16/float16 under autocast); the
+                projection head reads ``out.projection_input``.
             labels: (B, H, W) int64 ground truth.
 
         Returns:
             The :class:`~picoseg.contrast.ContrastOutput`, the float32 projections
-            (B, D, h, w) and the labels nearest-resized to their grid (B, h, w).
+            (B, D, h, w) and the labels on their grid (B, h, w), resized as ``label_resize``
+            says.
         """
         assert self.contrast is not None and self.projection is not None
         with torch.autocast(device_type=labels.device.type, enabled=False):
-            projections = self.projection(out.features.float())
+            projections = self.projection(out.projection_input.float())
             size = projections.shape[-2:]
-            embedding_labels = resize_labels(labels, size)
+            embedding_labels = resize_labels(labels, size, self.label_resize, self.ignore_index)
             predictions = out.logits.detach()
             if predictions.shape[-2:] != size:
                 predictions = F.interpolate(predictions, size=size, mode="bilinear")

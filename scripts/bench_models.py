@@ -93,13 +93,13 @@ def measure(name: str, overrides: list[str], size: int, repeats: int) -> dict:
     network, projection = build(overrides)
     images = torch.randn(1, 3, size, size)
     with FlopCounterMode(display=False) as counter:
-        features = network(images).features
+        features = network(images).projection_input
     flops = counter.get_total_flops()
     with FlopCounterMode(display=False) as counter:
         projection(features)
     projection_flops = counter.get_total_flops()
     plain = median_time(lambda: network(images), repeats)
-    with_projection = median_time(lambda: projection(network(images).features), repeats)
+    with_projection = median_time(lambda: projection(network(images).projection_input), repeats)
     return {
         "model": name,
         "params_m": count(network) / 1e6,

@@ -57,7 +57,7 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from picoseg.system import resize_labels
+from picoseg.contrast.grid_labels import resize_labels
 from picoseg.embeddings import checkpoint_samples, embed_2d, plot_embedding, separation_scores
 from picoseg.visualize import default_palette
 

@@ -20,9 +20,10 @@ from picoseg.contrast import (
     PixelContrastLoss,
     PixelSampler,
 )
+from picoseg.contrast.grid_labels import resize_labels
 from picoseg.models import Backbone, ProjectionHead, Segmentor
 from picoseg.models.heads import FCNHead
-from picoseg.system import SegmentationSystem, resize_labels
+from picoseg.system import SegmentationSystem
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",

@@ -1,13 +1,15 @@
 import functools
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from picoseg.contrast.grid_labels import resize_labels
 from picoseg.models import Backbone, ProjectionHead, Segmentor
 from picoseg.models.heads import FCNHead
 from picoseg.optim import poly_schedule
-from picoseg.system import SegmentationSystem, masked_cross_entropy, resize_labels
+from picoseg.system import SegmentationSystem, masked_cross_entropy
 
 
 def test_resize_labels_is_nearest_and_keeps_ignore():
@@ -161,3 +163,33 @@ def test_compile_wraps_only_backbone_and_head_when_fitting_and_keeps_outputs():
         torch._dynamo.reset()
     with pytest.raises(ValueError, match="compile=False"):
         _system().compile_network()
+
+
+@pytest.mark.parametrize("mode", ["nearest", "center", "pure"])
+def test_contrast_labels_follow_label_resize(mode):
+    # The labels the contrast and the memory see are the grid labels of the chosen mode; the
+    # loss receives exactly those (a recording stand-in for the loss).
+    seen = {}
+
+    def record(projections, labels, predictions, memory):
+        seen["labels"] = labels
+        return SimpleNamespace(loss=projections.sum() * 0)
+
+    system = _system(
+        projection=functools.partial(ProjectionHead, dim=8), contrast=record, label_resize=mode
+    )
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32)
+    labels = torch.randint(0, 3, (2, 32, 32))
+    labels[:, :, :9] = 255
+    out = system.network(images)
+    _, projections, embedding_labels = system.contrast_term(out, labels)
+    expected = resize_labels(labels, projections.shape[-2:], mode)
+    assert torch.equal(embedding_labels, expected) and torch.equal(seen["labels"], expected)
+    if mode == "pure":  # random labels: nearly every 4 x 4 cell mixes classes
+        assert (expected == 255).float().mean() > 0.9
+
+
+def test_unknown_label_resize_is_an_error():
+    with pytest.raises(ValueError, match="label_resize='top_left'"):
+        _system(label_resize="top_left")

@@ -14,7 +14,10 @@ class SegmentationOutput:
     Attributes:
         logits: (B, num_classes, h, w) class scores at the decoder's stride (not upsampled).
         features: (B, channels, h', w') the decoder's per-pixel features right before the
-            classifier; PiCo's projection head reads them. Usually h' == h.
+            classifier. Usually h' == h.
+        contrast_features: what PiCo's projection head reads: ``features`` by default, or
+            features from before the head's own layers (a head's ``contrast_input``).
+            ``None`` means ``features`` (see :attr:`projection_input`).
         aux_logits: named auxiliary class scores for deep supervision (e.g. OCRNet's soft object
             regions), each (B, num_classes, h'', w''); empty for most heads.
         class_logits: (B, N, num_classes + 1) class scores of N mask predictions, the last class
@@ -28,7 +31,13 @@ class SegmentationOutput:
 
     logits: torch.Tensor
     features: torch.Tensor
+    contrast_features: torch.Tensor | None = None
     aux_logits: dict[str, torch.Tensor] = field(default_factory=dict)
     class_logits: torch.Tensor | None = None
     mask_logits: torch.Tensor | None = None
     aux_mask_outputs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def projection_input(self) -> torch.Tensor:
+        """The features PiCo's projection head reads."""
+        return self.features if self.contrast_features is None else self.contrast_features

@@ -39,8 +39,14 @@ class Segmentor(nn.Module):
 
     @property
     def feature_channels(self) -> int:
-        """Channels of ``SegmentationOutput.features``, what the projection head reads."""
+        """Channels of ``SegmentationOutput.features``, the classifier's input."""
         return self.head.channels
+
+    @property
+    def contrast_channels(self) -> int:
+        """Channels of ``SegmentationOutput.projection_input``, what the projection head reads
+        (the decoder features unless the head attaches the contrast elsewhere)."""
+        return getattr(self.head, "contrast_channels", self.head.channels)
 
     def forward(self, images: torch.Tensor) -> SegmentationOutput:
         """(B, 3, H, W) -> logits and decoder features at the head's stride."""

@@ -10,6 +10,9 @@ from torch import nn
 
 from picoseg.models.output import SegmentationOutput
 
+#: Where PiCo's projection head can attach (:class:`DecodeHead`'s ``contrast_input``).
+CONTRAST_INPUTS = ("decoder", "fused")
+
 
 def resolve_levels(in_index: int | Sequence[int], num_levels: int) -> list[int]:
     """Non-negative level indices of ``in_index`` (negative ones count from the last level).
@@ -36,8 +39,15 @@ class DecodeHead(nn.Module):
         reductions: stride of every backbone level (``Backbone.reductions``).
         num_classes: number of classes of the classifier.
         in_index: the level(s) the head reads; negative indices count from the last level.
-        channels: channels of the decoder features (the classifier's and projection's input).
+        channels: channels of the decoder features (the classifier's input).
         dropout: dropout before the 1x1 classifier.
+        contrast_input: what PiCo's projection head reads (``SegmentationOutput.
+            contrast_features``): ``decoder``, the decoder features the classifier reads, or
+            ``fused``, the backbone levels the head reads, upsampled to the finest of them and
+            concatenated (before any layer of the head): the reference code's branch point
+            (HRNet and HRNet-OCR: the 720-channel concatenation of the branches; DeepLabV3: the
+            backbone's last level), where the contrast shapes shared features and CE keeps
+            layers of its own.
     """
 
     def __init__(
@@ -48,8 +58,14 @@ class DecodeHead(nn.Module):
         in_index: int | Sequence[int] = -1,
         channels: int = 256,
         dropout: float = 0.1,
+        contrast_input: str = "decoder",
     ) -> None:
         super().__init__()
+        if contrast_input not in CONTRAST_INPUTS:
+            raise ValueError(
+                f"contrast_input={contrast_input!r}: expected one of {CONTRAST_INPUTS}"
+            )
+        self.contrast_input = contrast_input
         self.in_index = resolve_levels(in_index, len(in_channels))
         self.in_channels = [in_channels[i] for i in self.in_index]
         self.in_reductions = [reductions[i] for i in self.in_index]
@@ -57,6 +73,20 @@ class DecodeHead(nn.Module):
         self.num_classes = num_classes
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    @property
+    def contrast_channels(self) -> int:
+        """Channels of the features PiCo's projection head reads."""
+        return sum(self.in_channels) if self.contrast_input == "fused" else self.channels
+
+    def contrast_features(
+        self, selected: Sequence[torch.Tensor], features: torch.Tensor
+    ) -> torch.Tensor:
+        """What the projection head reads: ``features`` (decoder) or the ``selected`` levels
+        concatenated at the finest of them (fused)."""
+        if self.contrast_input == "fused":
+            return concat_at_finest(selected, self.in_reductions)
+        return features
 
     @property
     def reduction(self) -> int:
@@ -70,8 +100,13 @@ class DecodeHead(nn.Module):
         raise NotImplementedError
 
     def forward(self, levels: Sequence[torch.Tensor]) -> SegmentationOutput:
-        features = self.decode(self.select(levels))
-        return SegmentationOutput(logits=self.classifier(self.dropout(features)), features=features)
+        selected = self.select(levels)
+        features = self.decode(selected)
+        return SegmentationOutput(
+            logits=self.classifier(self.dropout(features)),
+            features=features,
+            contrast_features=self.contrast_features(selected, features),
+        )
 
 
 def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

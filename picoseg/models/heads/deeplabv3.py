@@ -52,8 +52,11 @@ class DeepLabV3Head(DecodeHead):
         channels: int = 256,
         rates: Sequence[int] = (12, 24, 36),
         dropout: float = 0.1,
+        contrast_input: str = "decoder",
     ) -> None:
-        super().__init__(in_channels, reductions, num_classes, in_index, channels, dropout)
+        super().__init__(
+            in_channels, reductions, num_classes, in_index, channels, dropout, contrast_input
+        )
         self.aspp = ASPP(self.in_channels[0], channels, rates)
         self.bottleneck = ConvBNReLU(channels, channels, 3)
 

@@ -35,10 +35,13 @@ class FCNHead(DecodeHead):
         num_convs: int = 2,
         kernel_size: int = 3,
         dropout: float = 0.1,
+        contrast_input: str = "decoder",
     ) -> None:
         if channels is None:
             channels = sum(in_channels[i] for i in resolve_levels(in_index, len(in_channels)))
-        super().__init__(in_channels, reductions, num_classes, in_index, channels, dropout)
+        super().__init__(
+            in_channels, reductions, num_classes, in_index, channels, dropout, contrast_input
+        )
         layers: list[nn.Module] = []
         width = sum(self.in_channels)
         if len(self.in_index) > 1 or num_convs == 0:

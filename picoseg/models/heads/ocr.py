@@ -143,8 +143,11 @@ class OCRHead(DecodeHead):
         aux_channels: int | None = None,
         aux_kernel_size: int = 1,
         dropout: float = 0.05,
+        contrast_input: str = "decoder",
     ) -> None:
-        super().__init__(in_channels, reductions, num_classes, in_index, channels, dropout)
+        super().__init__(
+            in_channels, reductions, num_classes, in_index, channels, dropout, contrast_input
+        )
         if aux_in_index is None:
             self.aux_index = list(self.in_index)
         else:
@@ -174,5 +177,6 @@ class OCRHead(DecodeHead):
         return SegmentationOutput(
             logits=self.classifier(self.dropout(features)),
             features=features,
+            contrast_features=fused if self.contrast_input == "fused" else features,
             aux_logits={"ocr_regions": region_logits},
         )

@@ -36,8 +36,11 @@ class SegFormerHead(DecodeHead):
         channels: int = 256,
         embed_dim: int = 256,
         dropout: float = 0.1,
+        contrast_input: str = "decoder",
     ) -> None:
-        super().__init__(in_channels, reductions, num_classes, in_index, channels, dropout)
+        super().__init__(
+            in_channels, reductions, num_classes, in_index, channels, dropout, contrast_input
+        )
         self.embed_dim = embed_dim
         self.linears = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in self.in_channels)
         self.fuse = ConvBNReLU(embed_dim * len(self.in_channels), channels, 1)
