@@ -21,7 +21,9 @@ Ablation (first seed only), each adding one component to the previous row:
 4. ``+synthesis``: + both hard negative syntheses = the full PiCo run of that seed.
 
 ``--lambdas 0.01 0.3`` adds full PiCo runs with those contrast weights (first seed only), for a
-lambda table next to the default 0.1. A longer budget is another invocation with more
+lambda table next to the default 0.1. ``--variant NAME OVERRIDE [OVERRIDE ...]`` (repeatable)
+adds PiCo runs with those overrides for every seed, reported against the CE run of each seed
+(e.g. ``--variant pure model.label_resize=pure``). A longer budget is another invocation with more
 ``--epochs`` and its own ``--output``.
 
 The rarest classes are reported with their share of the training pixels at full resolution and
@@ -34,8 +36,8 @@ CE and PiCo runs side by side) into ``--output``. A run whose ``metrics.json`` a
 not trained again, so an interrupted study resumes.
 
 Usage: ``python scripts/compare_ce_pico.py [--setting scenes|lite0_scenes] [--seeds 0 1 2]
-[--epochs 6] [--output DIR] [--no-ablation] [--lambdas L ...] [--pixels-per-class 200]
-[-- extra Hydra overrides]``.
+[--epochs 6] [--output DIR] [--no-ablation] [--lambdas L ...] [--variant NAME OVERRIDE ...]
+[--pixels-per-class 200] [-- extra Hydra overrides]``.
 """
 
 from __future__ import annotations
@@ -187,6 +189,14 @@ def main() -> None:
     parser.add_argument(
         "--lambdas", type=float, nargs="*", default=[], help="extra PiCo contrast weights"
     )
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "OVERRIDE"),
+        help="a PiCo variant run for every seed: its name, then its Hydra overrides",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     output = args.output.resolve()
@@ -206,6 +216,14 @@ def main() -> None:
         for step, overrides in ABLATION.items():
             name = f"ablation_{step.lstrip('+')}_seed{seed}"
             runs.append((step, seed, name, [experiment["pico"], *overrides, f"seed={seed}"]))
+    variants = {v[0]: v[1:] for v in args.variant}
+    for variant, overrides in variants.items():
+        if not overrides or variant in METHODS:
+            raise SystemExit(f"--variant {variant}: give a new name and at least one override")
+        for seed in args.seeds:
+            name = f"{variant}_seed{seed}"
+            runs.append((f"variant {variant}", seed, name, [experiment["pico"], *overrides,
+                                                              f"seed={seed}"]))  # fmt: skip
     for weight in args.lambdas:
         seed = args.seeds[0]
         name = f"pico_lambda{weight:g}_seed{seed}"
@@ -332,6 +350,28 @@ def main() -> None:
         f"per seed {', '.join(f'{100 * d:+.1f}' for d in differences)}; PiCo ahead in {wins} "
         f"of {len(differences)} seeds.",
     ]
+    if variants:
+        lines += [
+            "",
+            "PiCo variants, every seed; each run against the CE run of its seed (paired):",
+            "",
+            "| variant | overrides | mIoU, mean [95% CI] | - CE, paired [95% CI] | ahead of CE "
+            "| " + " | ".join(rare) + " | gap | proj. gap |",
+            "|---|---|---:|---:|---:|" + "---:|" * len(rare) + "---:|---:|",
+        ]
+        for variant, overrides in [("pico", ["(default)"]), *variants.items()]:
+            method = variant if variant == "pico" else f"variant {variant}"
+            group = {r["seed"]: r for r in rows if r["method"] == method}
+            seeds = [s for s in args.seeds if s in group]
+            diff = [group[s]["miou"] - by_seed["ce", s] for s in seeds]
+            lines.append(
+                f"| {variant} | `{' '.join(overrides)}` | "
+                f"{mean_ci([group[s]['miou'] for s in seeds])} | {mean_ci(diff)} | "
+                f"{sum(d > 0 for d in diff)} of {len(diff)} | "
+                + " | ".join(mean_std([group[s]["iou"][c] or 0.0 for s in seeds]) for c in rare)
+                + f" | {statistics.mean(group[s]['sep']['gap'] for s in seeds):.3f}"
+                + f" | {statistics.mean(group[s]['proj']['gap'] for s in seeds):.3f} |"
+            )
     if not args.no_ablation:
         first = args.seeds[0]
         lines += [
