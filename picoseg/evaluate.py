@@ -18,10 +18,10 @@ from typing import Any
 import hydra
 import lightning as L
 import numpy as np
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from picoseg.checkpoint import load_checkpoint
 from picoseg.inference import predict_probabilities
 from picoseg.metrics import (
     format_iou_table,
@@ -112,6 +112,9 @@ def load_run(
 ) -> tuple[DictConfig, SegmentationSystem]:
     """Rebuild the run configuration and the trained system stored in a picoseg checkpoint.
 
+    The file is opened weights-only (:func:`picoseg.checkpoint.load_checkpoint`): a file holding
+    anything but tensors and plain containers is refused before it is unpickled.
+
     Args:
         ckpt_path: a checkpoint written by ``picoseg.train`` (it holds ``picoseg_config``).
         dataset_cfg: another dataset node with the same number of classes, replacing the
@@ -126,11 +129,7 @@ def load_run(
         trained weights, in eval mode on the CPU.
     """
     ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if "picoseg_config" not in checkpoint:
-        raise ValueError(f"{ckpt_path}: no 'picoseg_config' in the checkpoint (not a picoseg run?)")
+    checkpoint = load_checkpoint(ckpt_path)
     run_cfg = OmegaConf.create(checkpoint["picoseg_config"])
     if dataset_cfg is not None:
         if dataset_cfg.num_classes != run_cfg.dataset.num_classes:

@@ -20,10 +20,10 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from picoseg.checkpoint import load_checkpoint
 from picoseg.config import drop_disabled_settings
 from picoseg.evaluate import write_report
 from picoseg.system import SegmentationSystem
@@ -72,8 +72,7 @@ def checkpoint_wandb_run_id(ckpt_path: str) -> str | None:
     a checkpoint from before picoseg recorded it)."""
     if "://" in ckpt_path:
         return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    run_id = checkpoint.get("picoseg_wandb_run_id")
+    run_id = load_checkpoint(ckpt_path).get("picoseg_wandb_run_id")
     return str(run_id) if run_id else None
 
 
@@ -104,6 +103,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model.run_config = run_config
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    if ckpt_path is not None and "://" not in ckpt_path:
+        load_checkpoint(ckpt_path)  # weights-only: an unsafe or broken file stops here, clearly
     loggers = [
         _instantiate_logger(c, ckpt_path) for c in cfg.get("logger", {}).values() if c is not None
     ]
