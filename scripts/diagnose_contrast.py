@@ -4,8 +4,9 @@ Three hypotheses for PiCo trailing its CE twin are measured (issue "Why PiCo tra
 
 1. **Label noise that hard mining selects.** Grid cells whose pixels mix labels (class borders)
    carry a label that stands for part of the cell only. Reported: their share among all valid
-   grid cells (the base rate), among the sampled anchors, among the memory keys each anchor
-   selects (positives, negatives) and among the hard negatives the synthesis mixes; and each
+   grid cells (the base rate), among the sampled anchors, among all memory keys (for a region
+   key: the share of mixed cells in its region), among the memory keys each anchor selects
+   (positives, negatives) and among the hard negatives the synthesis mixes; and each
    synthesised negative's share of the InfoNCE denominator's negative mass
    ``sum exp(a.n / t)``.
 2. **Stale memory.** Keys written long ago came from an older projection head. From the
@@ -220,7 +221,14 @@ def main() -> None:
             fresh.push(keys)
             meta.push(flags)
 
-    noise = {"anchors": [], "positives": [], "negatives": [], "hard": [], "synthetic_share": []}
+    noise = {
+        "anchors": [],
+        "memory keys": [],
+        "positives": [],
+        "negatives": [],
+        "hard": [],
+        "synthetic_share": [],
+    }
     ages = {"selected_pos": [], "selected_neg": [], "hard": [], "pool": []}
     by_age: dict[tuple[str, str, int], list[float]] = {}
     meta_storage = meta.keys.view(-1)
@@ -230,6 +238,7 @@ def main() -> None:
         noise["anchors"].append(where["mixed"].float())
         # (1) against the fresh memory with its mixed-cell flags
         pool, sel = selection_of(model, fresh, anchors, labels)
+        noise["memory keys"].append(meta_storage[pool.rows])
         flags = meta_storage[pool.storage_rows(sel.columns)]
         noise["positives"].append(flags[sel.is_positive & sel.valid])
         noise["negatives"].append(flags[~sel.is_positive & sel.valid])
