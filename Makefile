@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test lint format bench clean
+.PHONY: install train test lint format bench check-wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format picoseg tests scripts
 	$(BIN)/ruff check --fix picoseg tests scripts
+
+## Build the wheel, install it (not editable) into a fresh virtual environment, and from a folder
+## outside the clone train a smoke run and evaluate it with the console commands.
+check-wheel: $(STAMP)
+	bash scripts/check_wheel.sh
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_contrast.py

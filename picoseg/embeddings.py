@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from picoseg.contrast.grid_labels import resize_labels
-from picoseg.evaluate import load_run
+from picoseg.evaluate import load_run, pick_device
 from picoseg.visualize import default_palette
 
 matplotlib.use("Agg")
@@ -186,6 +186,8 @@ def collect_embeddings(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Class-balanced pixel samples of a trained :class:`~picoseg.system.SegmentationSystem`.
 
+    Runs on the model's device; the samples come back on the CPU.
+
     The labels are nearest-resized to the embedding grid (as in training); every validation
     pixel is a candidate, and ``per_class`` are drawn per class from all of them while streaming
     (:class:`ClassBalancedSampler`), so memory does not grow with the validation set.
@@ -198,8 +200,9 @@ def collect_embeddings(
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        out = model.network(batch["image"])
-        labels = resize_labels(batch["mask"], out.features.shape[-2:]).flatten()
+        device = next(model.parameters()).device
+        out = model.network(batch["image"].to(device))
+        labels = resize_labels(batch["mask"].to(device), out.features.shape[-2:]).flatten()
         sources = {"decoder": out.features.permute(0, 2, 3, 1).flatten(0, 2)}
         if model.projection is not None:
             proj = model.projection(out.projection_input)
@@ -210,7 +213,7 @@ def collect_embeddings(
                 )
             sources["projection"] = proj.permute(0, 2, 3, 1).flatten(0, 2)
         valid = labels != ignore_index
-        sampler.update(labels[valid], **{k: v[valid] for k, v in sources.items()})
+        sampler.update(labels[valid].cpu(), **{k: v[valid].cpu() for k, v in sources.items()})
     result = sampler.result()
     if not result:
         raise ValueError("no labelled validation pixel: every mask is the ignore label")
@@ -254,14 +257,20 @@ def plot_embedding(
 
 
 def checkpoint_samples(
-    ckpt_path: str | Path, pixels_per_class: int, seed: int = 0, max_batches: int | None = None
+    ckpt_path: str | Path,
+    pixels_per_class: int,
+    seed: int = 0,
+    max_batches: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], DictConfig, torch.nn.Module]:
-    """:func:`collect_embeddings` on the validation split of a checkpoint's own dataset.
+    """:func:`collect_embeddings` on the validation split of a checkpoint's own dataset, with
+    the model on ``device``.
 
     Returns:
-        The samples per source, the run configuration and the trained system.
+        The samples per source (on the CPU), the run configuration and the trained system.
     """
     run_cfg, model = load_run(ckpt_path)
+    model.to(device)
     datamodule = instantiate(run_cfg.dataset.datamodule)
     datamodule.prepare_data()
     datamodule.setup("validate")
@@ -282,7 +291,7 @@ def embeddings(cfg: DictConfig) -> dict[str, dict[str, float]]:
     import matplotlib.pyplot as plt
 
     samples, run_cfg, model = checkpoint_samples(
-        cfg.ckpt_path, cfg.pixels_per_class, cfg.seed, cfg.get("max_batches")
+        cfg.ckpt_path, cfg.pixels_per_class, cfg.seed, cfg.get("max_batches"), pick_device(cfg)
     )
     output = Path(cfg.output or Path(cfg.ckpt_path).resolve().parent.parent / "embeddings")
     output.mkdir(parents=True, exist_ok=True)
@@ -319,7 +328,7 @@ def embeddings(cfg: DictConfig) -> dict[str, dict[str, float]]:
     return scores
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="embeddings")
+@hydra.main(version_base="1.3", config_path="pkg://picoseg.conf", config_name="embeddings")
 def main(cfg: DictConfig) -> None:
     embeddings(cfg)
 

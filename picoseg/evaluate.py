@@ -18,6 +18,7 @@ from typing import Any
 import hydra
 import lightning as L
 import numpy as np
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -152,6 +153,13 @@ def load_run(
     return run_cfg, model
 
 
+def pick_device(cfg: DictConfig) -> torch.device:
+    """The entry point's ``device`` (``cpu``, ``cuda``, ``cuda:1``, ...); unset or ``null``:
+    the GPU when there is one."""
+    name = cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def inference_kwargs(cfg: DictConfig) -> dict[str, Any] | None:
     """The ``inference`` node of an entry-point config as keyword arguments of
     :func:`~picoseg.inference.predict_probabilities` (``None`` when absent)."""
@@ -168,11 +176,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(run_cfg.dataset.datamodule)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     trainer.validate(model, datamodule=datamodule)
-    output_dir = cfg.paths.output_dir
+    output_dir = cfg.get("output") or cfg.paths.output_dir
     return write_report(model, datamodule, run_cfg.dataset, output_dir, cfg.num_visualize)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="pkg://picoseg.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     return evaluate(cfg)["miou"]
 

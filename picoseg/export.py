@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from picoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from picoseg.evaluate import load_run
+from picoseg.evaluate import load_run, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def export_network(
     format: str = "onnx",
     input_size: tuple[int, int] = (512, 512),
     opset: int = 18,
+    device: str | torch.device = "cpu",
 ) -> Path:
     """Write ``network`` (a :class:`~picoseg.models.Segmentor`) to ``path``.
 
@@ -61,6 +62,7 @@ def export_network(
             (``torch.jit.trace``; shapes stay dynamic for convolutional networks).
         input_size: (H, W) of the example input used for tracing.
         opset: ONNX opset version.
+        device: where the network runs while it is traced (the file does not depend on it).
 
     Returns:
         The path written.
@@ -69,8 +71,8 @@ def export_network(
         raise ValueError(f"unknown export format {format!r}; expected one of {FORMATS}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = ExportedSegmentor(network).eval()
-    example = torch.randn(1, 3, *input_size)
+    model = ExportedSegmentor(network).to(device).eval()
+    example = torch.randn(1, 3, *input_size, device=device)
     with torch.no_grad():
         if format == "torchscript":
             with warnings.catch_warnings():
@@ -105,7 +107,7 @@ def export(cfg: DictConfig) -> Path:
             / f"model{SUFFIXES.get(cfg.format, '')}"
         )
     path = export_network(
-        model.network.eval(), output, cfg.format, tuple(cfg.input_size), cfg.opset
+        model.network.eval(), output, cfg.format, tuple(cfg.input_size), cfg.opset, pick_device(cfg)
     )
     datamodule = run_cfg.dataset.datamodule
     preprocessing = {
@@ -124,7 +126,7 @@ def export(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path="pkg://picoseg.conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from picoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from picoseg.evaluate import inference_kwargs, load_run
+from picoseg.evaluate import inference_kwargs, load_run, pick_device
 from picoseg.inference import predict_probabilities
 from picoseg.visualize import colorize, default_palette
 
@@ -78,7 +78,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     std = list(datamodule_cfg.get("std") or IMAGENET_STD)
     palette = run_cfg.dataset.get("palette") or default_palette(model.num_classes)
     kwargs: dict[str, Any] = inference_kwargs(cfg) or {}
-    device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(cfg)
     network = model.network.to(device).eval()
     written = []
     for path in tqdm(paths, desc="predict", unit="image"):
@@ -93,7 +93,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     return written
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="pkg://picoseg.conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

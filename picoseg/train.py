@@ -129,7 +129,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://picoseg.conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     return train(cfg)["miou"]
 
