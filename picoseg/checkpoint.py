@@ -1,20 +1,27 @@
-"""Opening picoseg checkpoints safely: weights only, and one clear error for a bad file.
+"""Checkpoint files: opened safely (weights only, one clear error for a bad file) and written
+atomically.
 
 A checkpoint is a pickle, and unpickling can run code. picoseg writes only tensors, numbers,
 strings and plain containers into its checkpoints (the resolved run configuration as a dict,
 random states as tensors), so every entry point opens them with ``torch.load(weights_only=True)``:
 a file that holds anything else is refused before any of it is built.
+
+:class:`AtomicCheckpointIO` writes a checkpoint to a hidden temporary file in the same folder and
+renames it over the old one, so a process killed while writing (OOM killer, preemption, power)
+leaves the previous complete ``last.ckpt``, never a truncated one.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["load_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "load_checkpoint"]
 
 #: Keys every checkpoint written by ``picoseg.train`` holds.
 REQUIRED_KEYS = ("state_dict", "picoseg_config")
@@ -52,9 +59,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "nothing in the file was run; a checkpoint written by picoseg.train loads this way"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
+        others = sorted(str(p) for p in path.parent.glob("*.ckpt") if p.name != path.name)
         raise ValueError(
             f"{path}: cannot be read as a checkpoint ({type(error).__name__}: "
-            f"{_first_line(error)}); the file may be incomplete (cut short while written)"
+            f"{_first_line(error)}); the file may be incomplete (cut short while written). "
+            f"Other checkpoints of this run: {others or 'none'}"
         ) from None
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in REQUIRED_KEYS):
         found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint)
@@ -63,3 +72,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"(written by picoseg.train), found {found}"
         )
     return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: temporary file, flush to disk, rename.
+
+    The temporary file (``.<name>.tmp<pid>`` beside the target, so ``*.ckpt`` globs never see it)
+    is removed when the write fails; a process killed mid-write can leave one behind, which
+    the next write of the same process id replaces.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        path = Path(path)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise

@@ -14,6 +14,7 @@ W&B run (unless ``logger.wandb.id`` is set).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from picoseg.checkpoint import load_checkpoint
+from picoseg.checkpoint import AtomicCheckpointIO, load_checkpoint
 from picoseg.config import drop_disabled_settings
 from picoseg.evaluate import write_report
 from picoseg.system import SegmentationSystem
@@ -87,11 +88,29 @@ def _instantiate_logger(config: DictConfig, ckpt_path: str | None) -> Any:
     return instantiate(config)
 
 
+def _report_without_validation(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
+    """What a run without any validation batch reports: no scores, and why (``metrics.json``
+    says ``"validated": false``); the last weights are in ``checkpoints/last.ckpt``."""
+    message = (
+        f"no validation ran (trainer.limit_val_batches={trainer.limit_val_batches}): no "
+        "scores and no best checkpoint; the final weights are checkpoints/last.ckpt"
+    )
+    log.warning(message)
+    metrics: dict[str, Any] = {"miou": float("nan"), "validated": False, "note": message}
+    if trainer.is_global_zero and cfg.get("report", True):
+        output = Path(cfg.paths.output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "metrics.json").write_text(json.dumps({**metrics, "miou": None}, indent=2))
+    return metrics
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, validate the best checkpoint and (on rank 0) write the report.
 
     Returns:
-        The validation metrics of the best checkpoint (``miou``, ``accuracy``, per-class ``iou``).
+        The validation metrics of the best checkpoint (``miou``, ``accuracy``, per-class ``iou``);
+        without any validation batch (``trainer.limit_val_batches=0``), ``miou`` NaN and
+        ``validated`` False.
     """
     for key in drop_disabled_settings(cfg):
         log.info("%s is switched off: its settings from the experiment are not used", key)
@@ -108,7 +127,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [
         _instantiate_logger(c, ckpt_path) for c in cfg.get("logger", {}).values() if c is not None
     ]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     for logger in loggers:
         logger.log_hyperparams(run_config)
 
@@ -118,10 +139,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)
-    metrics: dict[str, Any] = {"miou": float(model.last_val_scores["miou"])}
-    if trainer.is_global_zero and cfg.get("report", True):
-        log.info("best checkpoint: %s", best or "(none: last weights)")
-        metrics = write_report(model, datamodule, cfg.dataset, cfg.paths.output_dir)
+    if getattr(model, "last_val_scores", None) is None:
+        metrics = _report_without_validation(cfg, trainer)
+    else:
+        metrics = {"miou": float(model.last_val_scores["miou"])}
+        if trainer.is_global_zero and cfg.get("report", True):
+            log.info("best checkpoint: %s", best or "(none: last weights)")
+            metrics = write_report(model, datamodule, cfg.dataset, cfg.paths.output_dir)
     if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
         import wandb
 

@@ -78,3 +78,73 @@ def test_every_entry_point_refuses_the_crafted_checkpoint(crafted, run_module, m
     assert proc.returncode != 0
     assert "refused, it holds objects other than" in proc.stderr
     assert not marker.exists()
+
+
+def _picoseg_like(value: float, size: int = 10) -> dict:
+    return {"state_dict": {"w": torch.full((size,), value)}, "picoseg_config": {"v": value}}
+
+
+def test_atomic_write_keeps_the_old_checkpoint_when_a_write_fails(tmp_path, monkeypatch):
+    import picoseg.checkpoint as module
+
+    path = tmp_path / "last.ckpt"
+    io = module.AtomicCheckpointIO()
+    io.save_checkpoint(_picoseg_like(1.0), path)
+
+    def torch_save_cut_short(obj, file):
+        file.write(b"PK half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(module.torch, "save", torch_save_cut_short)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint(_picoseg_like(2.0), path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["picoseg_config"] == {"v": 1.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_a_process_killed_while_writing_leaves_the_previous_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from picoseg.checkpoint import AtomicCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint(_picoseg_like(1.0), path)
+    writer = textwrap.dedent(
+        """
+        import sys, torch
+        from picoseg.checkpoint import AtomicCheckpointIO
+        big = {"state_dict": {"w": torch.ones(400_000_000, dtype=torch.uint8)},
+               "picoseg_config": {"v": 2.0}}
+        while True:
+            AtomicCheckpointIO().save_checkpoint(big, sys.argv[1])
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(path)])
+    try:
+        deadline = time.monotonic() + 120
+        # Kill it while the temporary file is being written (before its first rename).
+        while not any(p.name.startswith(".last.ckpt.tmp") for p in tmp_path.iterdir()):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Either the old checkpoint or (if a rename slipped in) the new complete one; never a cut one.
+    assert load_checkpoint(path)["picoseg_config"] in ({"v": 1.0}, {"v": 2.0})
+
+
+def test_an_unreadable_checkpoint_names_the_other_checkpoints_of_the_run(tmp_path):
+    torch.save(_picoseg_like(1.0), tmp_path / "best.ckpt")
+    (tmp_path / "last.ckpt").write_bytes((tmp_path / "best.ckpt").read_bytes()[:100])
+    with pytest.raises(
+        ValueError, match=r"last\.ckpt: cannot be read.*Other checkpoints.*best\.ckpt"
+    ):
+        load_checkpoint(tmp_path / "last.ckpt")

@@ -188,3 +188,18 @@ def test_last_checkpoint_is_the_end_of_training(trained_run):
     # debug=fast: 2 epochs of 4 steps; last.ckpt holds the final step whichever epoch was best.
     assert last["global_step"] == 8 and last["epoch"] == 1
     assert best["global_step"] in (4, 8)
+
+
+def test_training_without_validation_finishes_and_says_so(tmp_path, run_module):
+    run_dir = tmp_path / "run"
+    proc = run_module(
+        "picoseg.train",
+        ["debug=fast", "trainer.limit_val_batches=0", f"paths.data_dir={tmp_path / 'data'}",
+         f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert not (run_dir / "checkpoints" / "best.ckpt").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["validated"] is False and metrics["miou"] is None
+    assert "no validation ran" in proc.stderr + proc.stdout
