@@ -28,6 +28,16 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 
+def _contrast_channels(network: nn.Module) -> int:
+    """Channels of what the projection head reads: ``network.contrast_channels`` where the
+    network defines it (picoseg's :class:`~picoseg.models.segmentor.Segmentor`), else its
+    ``feature_channels``, the contract networks had before the contrast input became selectable
+    (their outputs leave ``contrast_features`` unset, so the projection reads ``features``).
+    """
+    channels = getattr(network, "contrast_channels", None)
+    return network.feature_channels if channels is None else channels
+
+
 def global_rng_state() -> dict[str, Any]:
     """The global random states of torch (CPU, and the current CUDA device once CUDA is in use),
     NumPy and Python.
@@ -172,7 +182,7 @@ class SegmentationSystem(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.projection = (
-            projection(in_channels=network.contrast_channels)
+            projection(in_channels=_contrast_channels(network))
             if projection is not None and contrast is not None
             else None
         )

@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 from types import SimpleNamespace
 
@@ -79,6 +80,49 @@ def test_inference_network_has_no_projection_head():
     n_network = sum(p.numel() for p in ce_only.network.parameters())
     assert sum(p.numel() for p in with_projection.network.parameters()) == n_network
     assert sum(p.numel() for p in with_projection.parameters()) > n_network
+
+
+class _FeaturesOnly(torch.nn.Module):
+    """A network written against the older contract: ``feature_channels`` and nothing else."""
+
+    def __init__(self, network: Segmentor) -> None:
+        super().__init__()
+        self.inner = network
+
+    @property
+    def feature_channels(self) -> int:
+        return self.inner.feature_channels
+
+    def forward(self, images):
+        return dataclasses.replace(self.inner(images), contrast_features=None)
+
+
+def test_a_network_without_contrast_channels_projects_its_features():
+    net = Segmentor(
+        Backbone("resnet18"), functools.partial(FCNHead, channels=12, contrast_input="fused"), 3
+    )
+    assert net.contrast_channels != net.feature_channels == 12
+    projection = functools.partial(ProjectionHead, dim=8)
+    own = SegmentationSystem(
+        net,
+        3,
+        ["a", "b", "c"],
+        functools.partial(torch.optim.SGD, lr=0.1),
+        projection=projection,
+        contrast=torch.nn.Identity(),
+    )
+    assert own.projection.layers[0].in_channels == net.contrast_channels
+    wrapped = SegmentationSystem(
+        _FeaturesOnly(net),
+        3,
+        ["a", "b", "c"],
+        functools.partial(torch.optim.SGD, lr=0.1),
+        projection=projection,
+        contrast=torch.nn.Identity(),
+    )
+    assert wrapped.projection.layers[0].in_channels == 12
+    out = wrapped.network(torch.randn(1, 3, 64, 64))
+    assert wrapped.projection(out.projection_input).shape[:2] == (1, 8)
 
 
 def test_class_names_must_match_num_classes():
