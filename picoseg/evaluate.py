@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from picoseg.checkpoint import load_checkpoint
-from picoseg.inference import predict_probabilities
+from picoseg.inference import inference_settings, predict_probabilities
 from picoseg.metrics import (
     format_iou_table,
     normalize_confusion,
@@ -126,12 +126,16 @@ def load_run(
     the input normalisation gets the one the model was trained with.
 
     Returns:
-        The run configuration (with ``dataset`` replaced if asked) and the system with its
-        trained weights, in eval mode on the CPU.
+        The run configuration (with ``dataset`` replaced if asked, and ``train_crop_size``: the
+        (H, W) crop the network was trained on, the default sliding window) and the system with
+        its trained weights, in eval mode on the CPU.
     """
     ckpt_path = Path(ckpt_path)
     checkpoint = load_checkpoint(ckpt_path)
     run_cfg = OmegaConf.create(checkpoint["picoseg_config"])
+    crop_size = run_cfg.dataset.datamodule.get("crop_size")
+    with open_dict(run_cfg):
+        run_cfg.train_crop_size = None if crop_size is None else [int(v) for v in crop_size]
     if dataset_cfg is not None:
         if dataset_cfg.num_classes != run_cfg.dataset.num_classes:
             raise ValueError(
@@ -160,19 +164,10 @@ def pick_device(cfg: DictConfig) -> torch.device:
     return torch.device(name)
 
 
-def inference_kwargs(cfg: DictConfig) -> dict[str, Any] | None:
-    """The ``inference`` node of an entry-point config as keyword arguments of
-    :func:`~picoseg.inference.predict_probabilities` (``None`` when absent)."""
-    node = cfg.get("inference")
-    if node is None:
-        return None
-    return dict(OmegaConf.to_container(node, resolve=True))
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Rebuild the run of ``cfg.ckpt_path``, validate it and write the report."""
     run_cfg, model = load_run(cfg.ckpt_path, cfg.get("dataset"))
-    model.inference = inference_kwargs(cfg)
+    model.inference = inference_settings(cfg.get("inference"), run_cfg.train_crop_size)
     datamodule = instantiate(run_cfg.dataset.datamodule)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     trainer.validate(model, datamodule=datamodule)

@@ -22,8 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from picoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from picoseg.evaluate import inference_kwargs, load_run, pick_device
-from picoseg.inference import predict_probabilities
+from picoseg.evaluate import load_run, pick_device
+from picoseg.inference import inference_settings, predict_probabilities
 from picoseg.visualize import colorize, default_palette
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     mean = list(datamodule_cfg.get("mean") or IMAGENET_MEAN)
     std = list(datamodule_cfg.get("std") or IMAGENET_STD)
     palette = run_cfg.dataset.get("palette") or default_palette(model.num_classes)
-    kwargs: dict[str, Any] = inference_kwargs(cfg) or {}
+    kwargs: dict[str, Any] = inference_settings(cfg.get("inference"), run_cfg.train_crop_size) or {}
     device = pick_device(cfg)
     network = model.network.to(device).eval()
     written = []

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from picoseg.checkpoint import AtomicCheckpointIO, load_checkpoint
 from picoseg.config import drop_disabled_settings
 from picoseg.evaluate import write_report
+from picoseg.inference import inference_settings, is_single_whole_pass
 from picoseg.system import SegmentationSystem
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model: SegmentationSystem = instantiate(cfg.model)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     model.run_config = run_config
+    inference = inference_settings(cfg.get("inference"), cfg.dataset.datamodule.get("crop_size"))
+    # One whole-image pass is the plain forward: keep its logits (and val/ce) in validation.
+    model.inference = None if is_single_whole_pass(inference) else inference
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     if ckpt_path is not None and "://" not in ckpt_path:

@@ -162,7 +162,18 @@ def test_inference_nodes_compose_and_match(compose_config):
     base = compose_config(["ckpt_path=x.ckpt"], config_name="evaluate").inference
     predict = compose_config(["ckpt_path=x.ckpt", "input=in", "output=out"], "predict")
     assert predict.inference == base
-    assert base.mode == "whole" and list(base.window) == [512, 512] and base.flip is False
+    assert compose_config([]).inference == base  # validation during training reads the same
+    # the window is the checkpoint's training crop unless given
+    assert base.mode == "whole" and base.window is None and base.stride is None
+    assert base.flip is False
+
+
+@pytest.mark.parametrize(
+    "option", [o for o in group_options("experiment") if o.endswith(("_cityscapes", "_ade20k"))]
+)
+def test_paper_recipes_state_their_test_protocol(compose_config, option):
+    inference = compose_config([f"experiment={option}"]).inference
+    assert inference.mode == ("slide" if option.startswith("segmenter") else "whole")
 
 
 @pytest.mark.parametrize("option", [o for o in group_options("experiment") if "ablation" in o])

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from PIL import Image
+
+from picoseg.evaluate import load_run
+from picoseg.inference import inference_settings, predict_probabilities
+from picoseg.predict import load_image
 
 pytestmark = pytest.mark.slow
 
@@ -82,25 +88,42 @@ def test_evaluate_from_checkpoint_reproduces_the_training_score(trained_run, tmp
         assert sum(float(v) for v in row[1:]) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_evaluate_with_flip_and_sliding_window(trained_run, tmp_path, run_module):
+def test_slide_takes_the_training_crop_and_predict_agrees_with_evaluate(
+    trained_run, tmp_path, run_module
+):
     run_dir, _ = trained_run
-    eval_dir = tmp_path / "eval_flip"
-    run_module(
-        "picoseg.evaluate",
-        [
-            f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
-            f"hydra.run.dir={eval_dir}",
-            "inference.flip=true",
-            "inference.mode=slide",
-            "inference.window=[64,64]",
-            "inference.stride=[48,48]",
-            "num_visualize=1",
-        ],
-        cwd=run_dir.parent,
-    )
-    evaluated = json.loads((eval_dir / "metrics.json").read_text())
-    assert 0.0 <= evaluated["miou"] <= 1.0
-    assert (eval_dir / "confusion_matrix.csv").is_file()
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+
+    def evaluate(name: str, *overrides: str) -> dict:
+        out = tmp_path / name
+        run_module(
+            "picoseg.evaluate",
+            [f"ckpt_path={ckpt}", f"hydra.run.dir={out}", "num_visualize=1", *overrides],
+            cwd=run_dir.parent,
+        )
+        return json.loads((out / "metrics.json").read_text())
+
+    slide = ["inference.mode=slide", "inference.flip=true"]
+    default = evaluate("default_window", *slide)
+    # debug=fast trains on 64 x 64 crops of 64 x 128 images: windows 64 x 64 every 42 pixels
+    crop = evaluate("crop_window", *slide, "inference.window=[64,64]", "inference.stride=[42,42]")
+    assert default == crop
+    smaller = evaluate("small_window", *slide, "inference.window=[32,32]")
+    assert smaller["iou"] != default["iou"]
+
+    # In process: an image read by predict and the same image from evaluate's datamodule give
+    # the same probabilities, and the same sliding windows.
+    run_cfg, model = load_run(ckpt)
+    assert list(run_cfg.train_crop_size) == [64, 64]
+    datamodule = instantiate(run_cfg.dataset.datamodule)
+    datamodule.setup("validate")
+    batch = next(iter(datamodule.val_dataloader()))
+    settings = inference_settings({"mode": "slide", "flip": True}, run_cfg.train_crop_size)
+    from_datamodule = predict_probabilities(model.network, batch["image"][:1], **settings)
+    path = Path(run_cfg.dataset.root) / "images" / "val" / f"{batch['name'][0]}.png"
+    image = load_image(path, run_cfg.dataset.datamodule.mean, run_cfg.dataset.datamodule.std)
+    from_file = predict_probabilities(model.network, image[None], **settings)
+    torch.testing.assert_close(from_file, from_datamodule, atol=1e-6, rtol=0)
 
 
 def test_predict_writes_id_and_colour_masks(trained_run, tmp_path, run_module):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import timm
 import torch
+from timm.layers import PatchEmbed
 from timm.models._features import FeatureGetterNet
 from torch import nn
 
@@ -58,6 +60,8 @@ class Backbone(nn.Module):
     Attributes:
         channels: channels of each returned level.
         reductions: stride of each returned level relative to the input.
+        size_divisor: what input heights and widths must be multiples of (a ViT's patch size;
+            1 for convolutional stems).
     """
 
     def __init__(
@@ -112,10 +116,23 @@ class Backbone(nn.Module):
             load_backbone_weights(self.model, weights_path, name)
         self.channels: list[int] = list(self.model.feature_info.channels())
         self.reductions: list[int] = list(self.model.feature_info.reduction())
+        self.size_divisor: int = _size_divisor(self.model)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> one (B, channels[i], H / reductions[i], W / reductions[i]) per level."""
         return self.model(images)
+
+
+def _size_divisor(model: nn.Module) -> int:
+    """What input sides must be multiples of: the patch size of a ViT's patch embedding (timm's
+    ``PatchEmbed`` asserts divisibility unless it pads itself), 1 for convolutional stems, which
+    take any size."""
+    divisor = 1
+    for module in model.modules():
+        if isinstance(module, PatchEmbed) and not module.dynamic_img_pad:
+            for side in module.patch_size:
+                divisor = math.lcm(divisor, int(side))
+    return divisor
 
 
 def load_backbone_weights(

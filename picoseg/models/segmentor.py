@@ -48,6 +48,12 @@ class Segmentor(nn.Module):
         (the decoder features unless the head attaches the contrast elsewhere)."""
         return getattr(self.head, "contrast_channels", self.head.channels)
 
+    @property
+    def size_divisor(self) -> int:
+        """What input heights and widths must be multiples of (the backbone's patch size for a
+        ViT, 1 otherwise); inference pads to it (:func:`picoseg.inference.size_divisor`)."""
+        return self.backbone.size_divisor
+
     def forward(self, images: torch.Tensor) -> SegmentationOutput:
         """(B, 3, H, W) -> logits and decoder features at the head's stride."""
         return self.head(self.backbone(images))
