@@ -345,10 +345,13 @@ class MemoryBank(nn.Module):
             parts.append((fresh[:, start : start + size] & filled).sum(1))
         return parts[0], parts[1]
 
-    def live_starts(self) -> tuple[Tensor, Tensor]:
+    def live_starts(
+        self, live_counts: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """(C,) first slot of the usable keys of each pixel and region ring (0 without
-        ``max_age``: the filled slots are ``[0, count)``)."""
-        pixel_live, region_live = self.live_counts()
+        ``max_age``: the filled slots are ``[0, count)``); ``live_counts`` when already at hand
+        (else they are read again)."""
+        pixel_live, region_live = self.live_counts() if live_counts is None else live_counts
         if self.max_age is None:
             return torch.zeros_like(pixel_live), torch.zeros_like(region_live)
         return (
@@ -360,7 +363,7 @@ class MemoryBank(nn.Module):
         """Re-reads the usable key counts on the host (after a push, a load or a manual edit)."""
         pixel, region = self.live_counts()
         self._host_counts = (pixel.tolist(), region.tolist())
-        pixel_start, region_start = self.live_starts()
+        pixel_start, region_start = self.live_starts((pixel, region))
         self._host_starts = (pixel_start.tolist(), region_start.tolist())
         self._pools.clear()
 
