@@ -22,12 +22,14 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from picoseg.checkpoint import AtomicCheckpointIO, load_checkpoint
 from picoseg.config import drop_disabled_settings
 from picoseg.evaluate import write_report
 from picoseg.inference import inference_settings, is_single_whole_pass
+from picoseg.preemption import SaveOnPreemption, clear_preemption, preempted_checkpoint
 from picoseg.system import SegmentationSystem
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,30 @@ def _instantiate_logger(config: DictConfig, ckpt_path: str | None) -> Any:
     return instantiate(config)
 
 
+def _write_metrics(cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, Any]) -> None:
+    if trainer.is_global_zero and cfg.get("report", True):
+        output = Path(cfg.paths.output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "metrics.json").write_text(json.dumps({**metrics, "miou": None}, indent=2))
+
+
+def _report_preempted(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
+    """What a run stopped by SIGTERM reports: no scores, where it stopped and how to go on."""
+    message = (
+        f"stopped by SIGTERM at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+        f"checkpoints/last.ckpt holds the state: run again with hydra.run.dir="
+        f"{cfg.paths.output_dir} to resume"
+    )
+    metrics: dict[str, Any] = {
+        "miou": float("nan"),
+        "preempted": True,
+        "global_step": int(trainer.global_step),
+        "note": message,
+    }
+    _write_metrics(cfg, trainer, metrics)
+    return metrics
+
+
 def _report_without_validation(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
     """What a run without any validation batch reports: no scores, and why (``metrics.json``
     says ``"validated": false``); the last weights are in ``checkpoints/last.ckpt``."""
@@ -98,10 +124,7 @@ def _report_without_validation(cfg: DictConfig, trainer: L.Trainer) -> dict[str,
     )
     log.warning(message)
     metrics: dict[str, Any] = {"miou": float("nan"), "validated": False, "note": message}
-    if trainer.is_global_zero and cfg.get("report", True):
-        output = Path(cfg.paths.output_dir)
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "metrics.json").write_text(json.dumps({**metrics, "miou": None}, indent=2))
+    _write_metrics(cfg, trainer, metrics)
     return metrics
 
 
@@ -111,7 +134,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The validation metrics of the best checkpoint (``miou``, ``accuracy``, per-class ``iou``);
         without any validation batch (``trainer.limit_val_batches=0``), ``miou`` NaN and
-        ``validated`` False.
+        ``validated`` False; stopped by SIGTERM (:mod:`picoseg.preemption`), ``miou`` NaN and
+        ``preempted`` True (``checkpoints/last.ckpt`` holds the state; the same run directory
+        resumes from it without ``ckpt_path``).
     """
     for key in drop_disabled_settings(cfg):
         log.info("%s is switched off: its settings from the experiment are not used", key)
@@ -125,7 +150,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # One whole-image pass is the plain forward: keep its logits (and val/ce) in validation.
     model.inference = None if is_single_whole_pass(inference) else inference
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    output_dir = Path(cfg.paths.output_dir)
+    callbacks.append(SaveOnPreemption(output_dir / "checkpoints"))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    preempted = preempted_checkpoint(output_dir) if ckpt_path is None else None
+    if preempted is not None:
+        ckpt_path = preempted["checkpoint"]
+        log.info(
+            "this run directory was stopped by SIGTERM at step %d: resuming from its last.ckpt",
+            preempted["global_step"],
+        )
     if ckpt_path is not None and "://" not in ckpt_path:
         load_checkpoint(ckpt_path)  # weights-only: an unsafe or broken file stops here, clearly
     loggers = [
@@ -139,22 +173,33 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)
-    if getattr(model, "last_val_scores", None) is None:
-        metrics = _report_without_validation(cfg, trainer)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        metrics = _report_preempted(cfg, trainer)
     else:
-        metrics = {"miou": float(model.last_val_scores["miou"])}
-        if trainer.is_global_zero and cfg.get("report", True):
-            log.info("best checkpoint: %s", best or "(none: last weights)")
-            metrics = write_report(model, datamodule, cfg.dataset, cfg.paths.output_dir)
+        if trainer.is_global_zero:
+            clear_preemption(output_dir)
+        metrics = _validate_and_report(cfg, trainer, model, datamodule)
     if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
         import wandb
 
         wandb.finish()
     return metrics
+
+
+def _validate_and_report(
+    cfg: DictConfig, trainer: L.Trainer, model: SegmentationSystem, datamodule: Any
+) -> dict[str, Any]:
+    """Validate the best checkpoint (the last weights without one) and write the report."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)
+    if getattr(model, "last_val_scores", None) is None:
+        return _report_without_validation(cfg, trainer)
+    if trainer.is_global_zero and cfg.get("report", True):
+        log.info("best checkpoint: %s", best or "(none: last weights)")
+        return write_report(model, datamodule, cfg.dataset, cfg.paths.output_dir)
+    return {"miou": float(model.last_val_scores["miou"])}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://picoseg.conf", config_name="train")
