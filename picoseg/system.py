@@ -17,6 +17,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from picoseg.contrast.grid_labels import LABEL_RESIZE_MODES, resize_labels
+from picoseg.contrast.memory import MemoryBankCallback
 from picoseg.inference import predict_probabilities
 from picoseg.metrics import confusion_metric, iou_from_confusion
 from picoseg.models.output import SegmentationOutput
@@ -108,7 +109,8 @@ class SegmentationSystem(L.LightningModule):
         projection: ``projection(in_channels=...) -> nn.Module``, PiCo's training-only head.
         contrast: the pixel contrast loss; ``None`` trains with cross-entropy only.
         memory: the memory bank (pixel queue, region memory), filled by
-            :class:`~picoseg.contrast.MemoryBankCallback`; saved in checkpoints.
+            :class:`~picoseg.contrast.MemoryBankCallback`, which the module attaches itself
+            (:meth:`configure_callbacks`); saved in checkpoints.
         contrast_weight: lambda.
         contrast_warmup_steps: optimiser steps with the contrast weighted 0.
         aux_weight: weight of each auxiliary cross-entropy term.
@@ -351,6 +353,13 @@ class SegmentationSystem(L.LightningModule):
                 self.log(f"val/iou/{name}", iou)
         #: The last validation scores, with the (C, C) ``confusion`` matrix (rows: ground truth).
         self.last_val_scores = {k: v.cpu() for k, v in {**scores, "confusion": confusion}.items()}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The memory-bank callback, attached by the module itself whenever it has a memory, so
+        no trainer configuration (e.g. a replaced ``callbacks`` group) can leave the memory
+        silently empty. Lightning puts it in place of any ``MemoryBankCallback`` the trainer
+        was given, so there is never a second push."""
+        return [MemoryBankCallback()] if self.memory is not None else []
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]

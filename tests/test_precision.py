@@ -132,30 +132,38 @@ class _NaNOnCall(nn.Module):
 
 
 class _Recorder(L.Callback):
-    """Per batch: did any parameter change, did the memory grow."""
+    """Per batch: did any parameter change, did the memory grow (read from one batch start to
+    the next, since the module's own memory callback may run after this one)."""
 
     def __init__(self) -> None:
         self.changed: list[bool] = []
-        self.pushed: list[bool] = []
+        self._counts: list[torch.Tensor] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._params = [p.detach().clone() for p in pl_module.parameters()]
-        self._count = pl_module.memory.pixel_count.clone()
+        self._counts.append(pl_module.memory.pixel_count.clone())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         params = list(pl_module.parameters())
         self.changed.append(
             any(not torch.equal(a, b) for a, b in zip(self._params, params, strict=True))
         )
-        self.pushed.append(not torch.equal(self._count, pl_module.memory.pixel_count))
+
+    def on_train_end(self, trainer, pl_module):
+        self._counts.append(pl_module.memory.pixel_count.clone())
+
+    @property
+    def pushed(self) -> list[bool]:
+        return [
+            not torch.equal(a, b) for a, b in zip(self._counts[:-1], self._counts[1:], strict=True)
+        ]
 
 
 def test_a_step_with_a_nan_loss_is_skipped_counted_and_training_goes_on(caplog):
     torch.manual_seed(0)
     system = _system(_NaNOnCall(_network(), nan_call=2))
     recorder = _Recorder()
-    # The memory callback first, so the recorder sees what it pushed.
-    trainer = _trainer([MemoryBankCallback(), recorder], max_steps=4)
+    trainer = _trainer([recorder], max_steps=4)  # the module attaches its memory callback
     with caplog.at_level(logging.WARNING, logger="picoseg.system"):
         trainer.fit(system, train_dataloaders=_loader())
     assert recorder.changed == [True, True, False, True]
@@ -174,10 +182,27 @@ def test_bf16_mixed_training_steps_on_cpu():
     torch.manual_seed(0)
     system = _system()
     recorder = _Recorder()
-    trainer = _trainer([MemoryBankCallback(), recorder], max_steps=2, precision="bf16-mixed")
+    trainer = _trainer([recorder], max_steps=2, precision="bf16-mixed")
     trainer.fit(system, train_dataloaders=_loader(4))
     assert recorder.changed == [True, True] and recorder.pushed == [True, True]
     assert system.skipped_steps == 0
     for name in ("train/loss", "train/nce", "train/ce"):
         assert math.isfinite(float(trainer.callback_metrics[name]))
     assert system.memory.keys.dtype == torch.float32
+
+
+def test_the_memory_fills_without_a_configured_callback_and_is_pushed_once_with_one():
+    pushes = []
+    for callbacks in ([], [MemoryBankCallback()]):
+        torch.manual_seed(0)
+        system = _system()
+        recorder = _Recorder()
+        trainer = _trainer([*callbacks, recorder], max_steps=2)
+        trainer.fit(system, train_dataloaders=_loader(4))
+        assert recorder.pushed == [True, True]
+        assert sum(isinstance(c, MemoryBankCallback) for c in trainer.callbacks) == 1
+        pushes.append(system.memory.pixel_count.clone())
+    # a trainer that also lists the callback gets the module's in its place: no second push
+    assert torch.equal(pushes[0], pushes[1])
+    ce_only = SegmentationSystem(_network(), 3, ["a", "b", "c"], torch.optim.SGD)
+    assert ce_only.configure_callbacks() == []
