@@ -1,6 +1,9 @@
 """Checkpoint files: opened safely (weights only, one clear error for a bad file) and written
 atomically.
 
+:func:`load_run` rebuilds a trained run (its configuration and system) from one, for evaluate,
+predict, export, embeddings and scripts.
+
 A checkpoint is a pickle, and unpickling can run code. picoseg writes only tensors, numbers,
 strings and plain containers into its checkpoints (the resolved run configuration as a dict,
 random states as tensors), so every entry point opens them with ``torch.load(weights_only=True)``:
@@ -16,12 +19,17 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-__all__ = ["AtomicCheckpointIO", "load_checkpoint"]
+if TYPE_CHECKING:
+    from picoseg.system import SegmentationSystem
+
+__all__ = ["AtomicCheckpointIO", "load_checkpoint", "load_run"]
 
 #: Keys every checkpoint written by ``picoseg.train`` holds.
 REQUIRED_KEYS = ("state_dict", "picoseg_config")
@@ -99,3 +107,52 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
+
+
+def load_run(
+    ckpt_path: str | Path, dataset_cfg: DictConfig | None = None
+) -> tuple[DictConfig, SegmentationSystem]:
+    """Rebuild the run configuration and the trained system stored in a picoseg checkpoint.
+
+    The file is opened weights-only (:func:`picoseg.checkpoint.load_checkpoint`): a file holding
+    anything but tensors and plain containers is refused before it is unpickled.
+
+    Args:
+        ckpt_path: a checkpoint written by ``picoseg.train`` (it holds ``picoseg_config``).
+        dataset_cfg: another dataset node with the same number of classes, replacing the
+            stored one; ``None`` keeps the training dataset.
+
+    The backbone is rebuilt without its pretrained weights (the checkpoint holds the trained
+    ones), so no download or weights package is needed. A replacement dataset that does not set
+    the input normalisation gets the one the model was trained with.
+
+    Returns:
+        The run configuration (with ``dataset`` replaced if asked, and ``train_crop_size``: the
+        (H, W) crop the network was trained on, the default sliding window) and the system with
+        its trained weights, in eval mode on the CPU.
+    """
+    ckpt_path = Path(ckpt_path)
+    checkpoint = load_checkpoint(ckpt_path)
+    run_cfg = OmegaConf.create(checkpoint["picoseg_config"])
+    crop_size = run_cfg.dataset.datamodule.get("crop_size")
+    with open_dict(run_cfg):
+        run_cfg.train_crop_size = None if crop_size is None else [int(v) for v in crop_size]
+    if dataset_cfg is not None:
+        if dataset_cfg.num_classes != run_cfg.dataset.num_classes:
+            raise ValueError(
+                f"dataset {dataset_cfg.name} has {dataset_cfg.num_classes} classes, the model in "
+                f"{ckpt_path} was trained for {run_cfg.dataset.num_classes}"
+            )
+        trained = run_cfg.dataset.datamodule
+        normalization = {k: trained[k] for k in ("mean", "std") if trained.get(k) is not None}
+        run_cfg.dataset = dataset_cfg
+        with open_dict(run_cfg):
+            for key, value in normalization.items():
+                if run_cfg.dataset.datamodule.get(key) is None:
+                    run_cfg.dataset.datamodule[key] = value
+    backbone = run_cfg.model.network.backbone
+    backbone.pretrained, backbone.weights_path = False, None
+    model: SegmentationSystem = instantiate(run_cfg.model)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    return run_cfg, model

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from picoseg.checkpoint import load_run
 from picoseg.contrast.grid_labels import resize_labels
-from picoseg.evaluate import load_run, pick_device
+from picoseg.inference import pick_device
 from picoseg.visualize import default_palette
 
 matplotlib.use("Agg")

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from picoseg.checkpoint import load_run
 from picoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from picoseg.evaluate import load_run, pick_device
+from picoseg.inference import pick_device
 
 log = logging.getLogger(__name__)
 

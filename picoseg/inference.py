@@ -221,3 +221,25 @@ def predict_probabilities(
             passes += 1
     assert total is not None
     return total / passes
+
+
+@torch.no_grad()
+def predict_labels(
+    network: nn.Module,
+    images: torch.Tensor,
+    size: Sequence[int] | None = None,
+    **settings: Any,
+) -> torch.Tensor:
+    """(B, H, W) class ids: :func:`predict_probabilities` with ``settings``, the probabilities
+    resized bilinearly to ``size`` (e.g. the labels' size) when given, then the argmax."""
+    probs = predict_probabilities(network, images, **settings)
+    if size is not None and tuple(probs.shape[-2:]) != tuple(size):
+        probs = F.interpolate(probs, size=tuple(size), mode="bilinear", align_corners=False)
+    return probs.argmax(dim=1)
+
+
+def pick_device(cfg: Mapping | DictConfig) -> torch.device:
+    """The entry point's ``device`` (``cpu``, ``cuda``, ``cuda:1``, ...); unset or ``null``:
+    the GPU when there is one."""
+    name = cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -21,9 +21,9 @@ from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from picoseg.checkpoint import load_run
 from picoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from picoseg.evaluate import load_run, pick_device
-from picoseg.inference import inference_settings, predict_probabilities
+from picoseg.inference import inference_settings, pick_device, predict_labels
 from picoseg.visualize import colorize, default_palette
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     written = []
     for path in tqdm(paths, desc="predict", unit="image"):
         image = load_image(path, mean, std)[None].to(device)
-        probs = predict_probabilities(network, image, **kwargs)
-        ids = probs[0].argmax(0).cpu().numpy().astype(np.uint8)
+        ids = predict_labels(network, image, **kwargs)[0].cpu().numpy().astype(np.uint8)
         mask_path = output_dir / f"{path.stem}.png"
         Image.fromarray(ids, mode="L").save(mask_path)
         Image.fromarray(colorize(ids, palette)).save(output_dir / f"{path.stem}_color.png")

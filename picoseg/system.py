@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 
 from picoseg.contrast.grid_labels import LABEL_RESIZE_MODES, resize_labels
 from picoseg.contrast.memory import MemoryBankCallback
-from picoseg.inference import predict_probabilities
+from picoseg.inference import predict_labels
 from picoseg.metrics import confusion_metric, iou_from_confusion
 from picoseg.models.output import SegmentationOutput
 from picoseg.models.segmentor import Segmentor
@@ -325,12 +325,10 @@ class SegmentationSystem(L.LightningModule):
         if self.inference is not None:
             # Test-time inference (sliding window, scales, flips): no single set of logits, so
             # no val/ce; the confusion matrix is updated from the averaged probabilities.
-            probs = predict_probabilities(self.network, images, **self.inference)
-            if probs.shape[-2:] != labels.shape[-2:]:
-                probs = F.interpolate(
-                    probs, size=labels.shape[-2:], mode="bilinear", align_corners=False
-                )
-            self.val_confusion.update(probs.argmax(dim=1), labels)
+            predicted = predict_labels(
+                self.network, images, size=labels.shape[-2:], **self.inference
+            )
+            self.val_confusion.update(predicted, labels)
             return
         logits = self.network(images).logits
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)

@@ -27,9 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from picoseg.checkpoint import AtomicCheckpointIO, load_checkpoint
 from picoseg.config import drop_disabled_settings
-from picoseg.evaluate import write_report
 from picoseg.inference import inference_settings, is_single_whole_pass
 from picoseg.preemption import SaveOnPreemption, clear_preemption, preempted_checkpoint
+from picoseg.report import write_report
 from picoseg.system import SegmentationSystem
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from picoseg.inference import (
     default_stride,
     inference_settings,
     is_single_whole_pass,
+    predict_labels,
     predict_probabilities,
 )
 from picoseg.models import Backbone, Segmentor
@@ -260,3 +261,13 @@ def test_inference_settings_take_the_window_from_the_training_crop():
     assert not is_single_whole_pass(node)
     assert not is_single_whole_pass({**node, "mode": "whole", "flip": True})
     assert not is_single_whole_pass({**node, "mode": "whole", "scales": [0.5, 1.0]})
+
+
+def test_predict_labels_is_the_argmax_of_the_resized_probabilities(images):
+    net = TinyNet().eval()
+    settings = {"mode": "slide", "window": (8, 8), "flip": True}
+    probs = predict_probabilities(net, images, **settings)
+    assert torch.equal(predict_labels(net, images, **settings), probs.argmax(1))
+    larger = F.interpolate(probs, size=(32, 40), mode="bilinear", align_corners=False)
+    labels = predict_labels(net, images, size=(32, 40), **settings)
+    assert labels.shape == (2, 32, 40) and torch.equal(labels, larger.argmax(1))

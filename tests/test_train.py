@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from picoseg.evaluate import load_run
+from picoseg.checkpoint import load_run
 from picoseg.inference import inference_settings, predict_probabilities
 from picoseg.predict import load_image
 
@@ -159,7 +159,6 @@ def test_predict_writes_id_and_colour_masks(trained_run, tmp_path, run_module):
 
 def test_export_cli_writes_an_onnx_model_equal_to_the_checkpoint(trained_run, tmp_path, run_module):
     ort = pytest.importorskip("onnxruntime")
-    from picoseg.evaluate import load_run
     from picoseg.export import ExportedSegmentor
 
     run_dir, _ = trained_run

@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from picoseg.evaluate import load_run
+from picoseg.checkpoint import load_run
 from picoseg.models import Backbone, load_backbone_weights
 from picoseg.models.pretrained import packaged_weights_file
 
