@@ -46,6 +46,11 @@ def test_train_writes_checkpoints_metrics_and_report(trained_run):
     assert [r["class"] for r in rows][-1] == "mean"
     assert float(rows[-1]["iou"]) == pytest.approx(metrics["miou"], abs=1e-6)
     assert "mean" in proc.stdout and "IoU" in proc.stdout
+    # stdout is a pipe here, as in `make train > log`: plain progress lines, one per epoch end
+    progress = [line for line in proc.stdout.splitlines() if "picoseg.progress" in line]
+    assert sum("step 4/8 " in line or "step 8/8 " in line for line in progress) == 2
+    assert all("ETA" in line for line in progress if " step " in line)
+    assert sum("validation | val/miou" in line for line in progress) == 2
     assert (run_dir / "val_predictions.png").stat().st_size > 0
     with open(run_dir / "csv" / "metrics.csv") as f:
         logged = list(csv.DictReader(f))
