@@ -282,7 +282,11 @@ class SegmentationSystem(L.LightningModule):
                 log("train/memory_fill", self.memory.fill_fraction().mean())
             result = {"projections": projections.detach(), "embedding_labels": embedding_labels}
         log("train/loss", loss)
-        log("train/lr", self.trainer.optimizers[0].param_groups[-1]["lr"])
+        groups = self.trainer.optimizers[0].param_groups
+        log("train/lr", groups[-1]["lr"])
+        if len(groups) > 1:  # e.g. a slower backbone: every group's rate, by name
+            for index, group in enumerate(groups):
+                log(f"train/lr/{group.get('name', f'group{index}')}", group["lr"])
         finite = self._loss_is_finite_everywhere(loss)
         if not finite:
             self.skipped_steps += 1

@@ -22,11 +22,13 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from picoseg.checkpoint import AtomicCheckpointIO, load_checkpoint
 from picoseg.config import drop_disabled_settings
+from picoseg.curves import plot_curves
 from picoseg.inference import inference_settings, is_single_whole_pass
 from picoseg.preemption import SaveOnPreemption, clear_preemption, preempted_checkpoint
 from picoseg.report import write_report
@@ -181,11 +183,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             clear_preemption(output_dir)
         metrics = _validate_and_report(cfg, trainer, model, datamodule)
+    if trainer.is_global_zero and cfg.get("report", True):
+        _draw_curves(loggers, output_dir)
     if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
         import wandb
 
         wandb.finish()
     return metrics
+
+
+def _draw_curves(loggers: list[Any], output_dir: Path) -> None:
+    """``curves.png`` from the CSV log, or a line saying why there is none."""
+    csv_logs = [Path(lg.log_dir) / "metrics.csv" for lg in loggers if isinstance(lg, CSVLogger)]
+    if not csv_logs or not csv_logs[0].is_file():
+        log.info("no curves.png: it is drawn from the csv logger's metrics.csv (logger=csv)")
+        return
+    panels = plot_curves(csv_logs[0], output_dir / "curves.png")
+    log.info(
+        "curves (%s) drawn to %s", ", ".join(panels) or "none logged", output_dir / "curves.png"
+    )
 
 
 def _validate_and_report(

@@ -52,6 +52,8 @@ def test_train_writes_checkpoints_metrics_and_report(trained_run):
     assert all("ETA" in line for line in progress if " step " in line)
     assert sum("validation | val/miou" in line for line in progress) == 2
     assert (run_dir / "val_predictions.png").stat().st_size > 0
+    assert (run_dir / "curves.png").stat().st_size > 0
+    assert "curves (losses, contrast terms, validation mIoU, learning rate)" in proc.stdout
     with open(run_dir / "csv" / "metrics.csv") as f:
         logged = list(csv.DictReader(f))
     assert any(r.get("train/ce") for r in logged)
