@@ -232,3 +232,30 @@ def test_training_without_validation_finishes_and_says_so(tmp_path, run_module):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["validated"] is False and metrics["miou"] is None
     assert "no validation ran" in proc.stderr + proc.stdout
+
+
+def test_tensorboard_logger_writes_event_files_that_read_back(tmp_path, run_module):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator"
+    )
+    run_dir = tmp_path / "run"
+    run_module(
+        "picoseg.train",
+        [
+            "debug=fast",
+            "logger=[csv,tensorboard]",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # one event file for fitting, one for the final validation: read the folder
+    accumulator = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/ce", "train/nce", "val/miou"} <= tags
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        logged = [float(r["val/miou"]) for r in csv.DictReader(f) if r.get("val/miou")]
+    from_events = [e.value for e in accumulator.Scalars("val/miou")]
+    assert from_events == pytest.approx(logged)  # the same values in both logs
