@@ -64,6 +64,38 @@ def run_module():
     return _run_module
 
 
+def _write_folder_tree(
+    root: Path,
+    num_train: int = 4,
+    num_val: int = 2,
+    size: tuple[int, int] = (32, 48),
+    num_classes: int = 3,
+    seed: int = 0,
+) -> Path:
+    """A ``dataset=folder`` tree of random RGB PNGs and class-id masks (class ``i`` fills the
+    i-th band of rows, so every class is present) under ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    height, width = size
+    for split, count in (("train", num_train), ("val", num_val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            mask = (np.arange(height)[:, None] * num_classes // height).repeat(width, 1)
+            Image.fromarray(image).save(root / "images" / split / f"{split}_{i}.png")
+            Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / split / f"{split}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder_tree():
+    """``folder_tree(root, num_train=4, num_val=2, size=(32, 48), num_classes=3)`` -> root."""
+    return _write_folder_tree
+
+
 @pytest.fixture(scope="session")
 def load_script():
     """``load_script(name)``: ``scripts/<name>.py`` as a module."""

@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from picoseg.checkpoint import load_run
+from picoseg.checkpoint import load_checkpoint, load_run
 from picoseg.inference import inference_settings, predict_probabilities
 from picoseg.predict import load_image
 
@@ -259,3 +259,32 @@ def test_tensorboard_logger_writes_event_files_that_read_back(tmp_path, run_modu
         logged = [float(r["val/miou"]) for r in csv.DictReader(f) if r.get("val/miou")]
     from_events = [e.value for e in accumulator.Scalars("val/miou")]
     assert from_events == pytest.approx(logged)  # the same values in both logs
+
+
+@pytest.mark.parametrize("debug", ["fdr", "limit"])
+def test_debug_options_run_on_a_folder_dataset(tmp_path, run_module, folder_tree, debug):
+    root = folder_tree(tmp_path / "mine", num_train=10, num_val=3, size=(64, 96))
+    run_dir = tmp_path / "run"
+    run_module(
+        "picoseg.train",
+        [
+            "dataset=folder",
+            f"dataset.root={root}",
+            "dataset.num_classes=3",
+            "dataset.class_names=[a,b,c]",
+            "dataset.datamodule.crop_size=[64,64]",
+            "dataset.datamodule.batch_size=2",
+            f"debug={debug}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0 and set(metrics["iou"]) == {"a", "b", "c"}
+    if debug == "limit":
+        # 10 images in batches of 2 are 5 batches an epoch, limited to 4; 2 epochs
+        assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 8
+        assert (run_dir / "curves.png").is_file()
+    else:
+        assert not (run_dir / "checkpoints").exists()  # fast_dev_run writes no checkpoint
