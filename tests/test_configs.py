@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from picoseg.data import SegmentationDataModule
 from picoseg.models import Backbone
@@ -19,8 +20,9 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def group_options(group: str) -> list[str]:
-    """The option names of a config group (its yaml files)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    """The option names of a config group (its yaml files; ``_*.yaml`` are shared bases that
+    the options build on, not options)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 FOLDER = ["dataset.root=/data/mine", "dataset.num_classes=3", "dataset.class_names=[a,b,c]"]
@@ -252,3 +254,17 @@ def test_hparams_search_space_builds_at_its_bounds(compose_config):
         assert model.contrast.temperature == chosen["model.contrast.temperature"]
         optimizer = model.optimizer_factory(model.parameters())
         assert optimizer.param_groups[0]["lr"] == chosen["optimizer.lr"]
+
+
+@pytest.mark.parametrize("option", group_options("sampler"))
+def test_sampler_options_differ_from_the_shared_base_only_in_their_strategies(
+    compose_config, option
+):
+    base = OmegaConf.load(CONF_DIR / "sampler" / "_base.yaml")
+    sampler = compose_config([f"sampler={option}"]).sampler
+    for key, value in base.items():
+        if key not in ("anchor_strategy", "key_strategy"):
+            assert sampler[key] == value, key
+    assert set(sampler) == set(base)
+    own = OmegaConf.load(CONF_DIR / "sampler" / f"{option}.yaml")
+    assert set(own) == {"defaults", "anchor_strategy", "key_strategy"}
