@@ -51,6 +51,7 @@ def test_every_option_is_listed():
         (group, path.stem)
         for group in ("sampler", "synthesis", "memory")
         for path in (CONF / group).glob("*.yaml")
+        if not path.stem.startswith("_")  # shared bases the options build on
     }
     assert on_disk == set(EXPECTED)
 
@@ -66,10 +67,20 @@ def _check(obj, expected_type, attributes, group):
         assert obj.num_classes == 7 and obj.dim == 32 and obj.ignore_index == 250
 
 
+def _load_option(group: str, option: str):
+    """An option's file with its defaults list applied, as Hydra does: the listed files of the
+    same group first, in order, then the option's own keys (``_self_`` last)."""
+    node = OmegaConf.load(CONF / group / f"{option}.yaml")
+    if "defaults" not in node:
+        return node
+    defaults = [d for d in node.pop("defaults") if d != "_self_"]
+    return OmegaConf.merge(*(_load_option(group, d) for d in defaults), node)
+
+
 @pytest.mark.parametrize("group,option", sorted(EXPECTED))
 def test_option_merges_into_a_stub_and_instantiates(group, option):
     path = CONF / group / f"{option}.yaml"
-    node = OmegaConf.load(path)
+    node = _load_option(group, option)
     is_global = path.read_text().startswith("# @package _global_")
     cfg = OmegaConf.merge(STUB, node if is_global else {group: node})
     OmegaConf.resolve(cfg)
