@@ -256,15 +256,26 @@ def test_hparams_search_space_builds_at_its_bounds(compose_config):
         assert optimizer.param_groups[0]["lr"] == chosen["optimizer.lr"]
 
 
-@pytest.mark.parametrize("option", group_options("sampler"))
-def test_sampler_options_differ_from_the_shared_base_only_in_their_strategies(
-    compose_config, option
+#: What each option of a group with a shared base (``_base.yaml``) may set itself.
+OWN_KEYS = {
+    "sampler": {"anchor_strategy", "key_strategy"},
+    "synthesis": {"num_neg_neg", "num_neg_anchor"},
+    "memory": {"use_pixel", "use_region"},
+}
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(g, o) for g in OWN_KEYS for o in group_options(g) if o != "none"],
+)
+def test_options_differ_from_their_group_s_shared_base_only_in_their_own_keys(
+    compose_config, group, option
 ):
-    base = OmegaConf.load(CONF_DIR / "sampler" / "_base.yaml")
-    sampler = compose_config([f"sampler={option}"]).sampler
-    for key, value in base.items():
-        if key not in ("anchor_strategy", "key_strategy"):
-            assert sampler[key] == value, key
-    assert set(sampler) == set(base)
-    own = OmegaConf.load(CONF_DIR / "sampler" / f"{option}.yaml")
-    assert set(own) == {"defaults", "anchor_strategy", "key_strategy"}
+    base = OmegaConf.load(CONF_DIR / group / "_base.yaml")
+    composed = compose_config([f"{group}={option}"])[group]
+    for key in base:
+        if key not in OWN_KEYS[group]:
+            assert OmegaConf.to_container(composed)[key] == OmegaConf.to_container(base)[key], key
+    assert set(composed) == set(base)
+    own = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+    assert set(own) == {"defaults"} | OWN_KEYS[group]
