@@ -60,6 +60,20 @@ def _starts(size: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def _window_corners(
+    height: int, width: int, window: tuple[int, int], stride: tuple[int, int]
+) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """The window clipped to a ``height`` x ``width`` image, and the (top, left) corner of every
+    window position, the last one on each axis meeting the border."""
+    win_h, win_w = min(window[0], height), min(window[1], width)
+    corners = [
+        (top, left)
+        for top in _starts(height, win_h, stride[0])
+        for left in _starts(width, win_w, stride[1])
+    ]
+    return (win_h, win_w), corners
+
+
 def _slide(
     network: nn.Module,
     images: torch.Tensor,
@@ -74,12 +88,7 @@ def _slide(
     ``batch_size`` windows (of every image in ``images``) go through the network together.
     """
     height, width = images.shape[-2:]
-    win_h, win_w = min(window[0], height), min(window[1], width)
-    corners = [
-        (top, left)
-        for top in _starts(height, win_h, stride[0])
-        for left in _starts(width, win_w, stride[1])
-    ]
+    (win_h, win_w), corners = _window_corners(height, width, window, stride)
     num_images = images.shape[0]
     total: torch.Tensor | None = None
     count = images.new_zeros((1, 1, height, width))

@@ -26,7 +26,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from picoseg.inference import _starts, predict_probabilities
+from picoseg.inference import _window_corners, default_stride, predict_probabilities
 from picoseg.models import Backbone, Segmentor
 
 HEAD_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "head"
@@ -34,13 +34,12 @@ SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 def _count_windows(height: int, width: int, window: tuple[int, int], scales) -> int:
-    stride = (window[0] * 2 // 3, window[1] * 2 // 3)
-    total = 0
-    for scale in scales:
-        h, w = round(height * scale), round(width * scale)
-        win_h, win_w = min(window[0], h), min(window[1], w)
-        total += len(_starts(h, win_h, stride[0])) * len(_starts(w, win_w, stride[1]))
-    return total
+    """Window positions over all scales, as predict_probabilities places them."""
+    stride = default_stride(window)
+    return sum(
+        len(_window_corners(round(height * scale), round(width * scale), window, stride)[1])
+        for scale in scales
+    )
 
 
 def _time(network: torch.nn.Module, image: torch.Tensor, repeats: int = 1, **kwargs) -> float:
