@@ -71,17 +71,20 @@ class SaveOnPreemption(L.Callback):
             )
 
 
-def preempted_checkpoint(output_dir: str | Path) -> dict[str, Any] | None:
-    """The marker of a run directory whose training was stopped by SIGTERM, or ``None``.
+def preempted_checkpoint(checkpoint_dir: str | Path) -> dict[str, Any] | None:
+    """The marker :class:`SaveOnPreemption` left in ``checkpoint_dir`` (the run's
+    ``checkpoints/`` folder), with ``checkpoint`` the ``last.ckpt`` beside it; ``None`` when
+    training there was not stopped by SIGTERM.
 
     Raises:
         FileNotFoundError: the marker is there but its ``last.ckpt`` is not.
     """
-    marker_path = Path(output_dir) / "checkpoints" / MARKER
+    checkpoint_dir = Path(checkpoint_dir)
+    marker_path = checkpoint_dir / MARKER
     if not marker_path.is_file():
         return None
     marker = json.loads(marker_path.read_text())
-    checkpoint = Path(output_dir) / "checkpoints" / "last.ckpt"
+    checkpoint = checkpoint_dir / "last.ckpt"
     if not checkpoint.is_file():
         raise FileNotFoundError(
             f"{marker_path} says training was preempted, but {checkpoint} is missing; give "
@@ -91,6 +94,6 @@ def preempted_checkpoint(output_dir: str | Path) -> dict[str, Any] | None:
     return marker
 
 
-def clear_preemption(output_dir: str | Path) -> None:
-    """Remove the marker once training has run to its end."""
-    (Path(output_dir) / "checkpoints" / MARKER).unlink(missing_ok=True)
+def clear_preemption(checkpoint_dir: str | Path) -> None:
+    """Remove the marker from ``checkpoint_dir`` once training has run to its end."""
+    (Path(checkpoint_dir) / MARKER).unlink(missing_ok=True)

@@ -153,9 +153,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model.inference = None if is_single_whole_pass(inference) else inference
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     output_dir = Path(cfg.paths.output_dir)
-    callbacks.append(SaveOnPreemption(output_dir / "checkpoints"))
+    checkpoint_dir = output_dir / "checkpoints"
+    callbacks.append(SaveOnPreemption(checkpoint_dir))
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    preempted = preempted_checkpoint(output_dir) if ckpt_path is None else None
+    preempted = preempted_checkpoint(checkpoint_dir) if ckpt_path is None else None
     if preempted is not None:
         ckpt_path = preempted["checkpoint"]
         log.info(
@@ -181,7 +182,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics = _report_preempted(cfg, trainer)
     else:
         if trainer.is_global_zero:
-            clear_preemption(output_dir)
+            clear_preemption(checkpoint_dir)
         metrics = _validate_and_report(cfg, trainer, model, datamodule)
     if trainer.is_global_zero and cfg.get("report", True):
         _draw_curves(loggers, output_dir)

@@ -17,17 +17,17 @@ from picoseg.preemption import MARKER, clear_preemption, preempted_checkpoint
 
 
 def test_preempted_checkpoint_reads_the_marker_and_needs_its_checkpoint(tmp_path):
-    assert preempted_checkpoint(tmp_path) is None
     folder = tmp_path / "checkpoints"
     folder.mkdir()
+    assert preempted_checkpoint(folder) is None
     (folder / MARKER).write_text(json.dumps({"global_step": 7, "epoch": 1}))
     with pytest.raises(FileNotFoundError, match=MARKER):
-        preempted_checkpoint(tmp_path)
+        preempted_checkpoint(folder)
     (folder / "last.ckpt").write_bytes(b"")
-    marker = preempted_checkpoint(tmp_path)
+    marker = preempted_checkpoint(folder)
     assert marker["global_step"] == 7 and marker["checkpoint"] == str(folder / "last.ckpt")
-    clear_preemption(tmp_path)
-    assert preempted_checkpoint(tmp_path) is None
+    clear_preemption(folder)
+    assert preempted_checkpoint(folder) is None
 
 
 @pytest.mark.slow
