@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from picoseg.data.resumable import EpochSampler, ResumableLoader, SeededItems
 from picoseg.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -42,8 +44,8 @@ def _worker_init(worker_id: int) -> None:
     Loader workers are copies of the main process, so without this every worker would draw the
     same augmentations. ``get_worker_info().seed`` differs per worker and follows torch's global
     seed, so runs stay reproducible under ``seed_everything``. Workers are persistent, so this
-    runs once per fit and each worker's streams continue across epochs; a resumed run starts new
-    workers, hence new augmentation streams (the checkpoint does not carry them).
+    runs once per fit. Training items do not depend on these streams: :class:`SeededItems`
+    reseeds the augmentations for each item.
     """
     info = get_worker_info()
     if info is None:
@@ -60,6 +62,13 @@ class SegmentationDataModule(L.LightningDataModule):
     Batches are dicts: ``image`` float32 (B, 3, H, W), ``mask`` int64 (B, H, W) and ``name``
     (list of B str). Training batches are random crops of ``crop_size``; validation batches are
     full images (so ``val_batch_size`` > 1 needs images of equal size).
+
+    The training order and augmentations are a pure function of (seed, epoch, sample index)
+    (:mod:`picoseg.data.resumable`), whatever ``num_workers``. The seed is torch's initial seed at
+    :meth:`setup` (``seed_everything``) and goes into every checkpoint (:meth:`state_dict`);
+    under a trainer, an epoch starts at the batch the trainer has reached in it, so a fit resumed
+    from any checkpoint, even one from the middle of an epoch, trains on exactly the batches an
+    uninterrupted one would have.
 
     Args:
         dataset: Factory called as ``dataset(split=..., transform=...)`` that returns a
@@ -142,6 +151,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.eval_transform = build_eval_transform(self.mean, self.std)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
+        self.seed: int | None = None
 
     def prepare_data(self) -> None:
         """Run ``prepare()`` if given (e.g. generate or download the data)."""
@@ -155,9 +165,9 @@ class SegmentationDataModule(L.LightningDataModule):
             ValueError: The training split has fewer items than one batch.
         """
         if stage in ("fit", None) and self.train_dataset is None:
-            # Seed the main-process copy of the augmentations from torch's seed (workers reseed
-            # their own copies), so runs under seed_everything are reproducible.
-            self.train_transform.set_random_seed(int(torch.initial_seed() % 2**32))
+            if self.seed is None:  # a resumed fit has the seed of its checkpoint already
+                self.seed = int(torch.initial_seed() % 2**31)
+            self.train_transform.set_random_seed(self.seed)
             train = self.dataset_factory(split=self.train_split, transform=self.train_transform)
             if len(train) < self.batch_size:
                 raise ValueError(
@@ -165,7 +175,7 @@ class SegmentationDataModule(L.LightningDataModule):
                     f"fewer than batch_size={self.batch_size}; expected at least one full batch "
                     "(incomplete batches are dropped)"
                 )
-            self.train_dataset = train
+            self.train_dataset = SeededItems(train, self.train_transform, self.seed)
         if stage in ("fit", "validate", None) and self.val_dataset is None:
             self.val_dataset = self.dataset_factory(
                 split=self.val_split, transform=self.eval_transform
@@ -185,9 +195,53 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training loader of random crops; drops the last incomplete batch."""
-        return self._loader(
-            self.train_dataset, "training", batch_size=self.batch_size, shuffle=True, drop_last=True
+        """Shuffled training loader of random crops; drops the last incomplete batch.
+
+        A :class:`~picoseg.data.resumable.ResumableLoader` of an
+        :class:`~picoseg.data.resumable.EpochSampler` (this rank's share under DDP).
+        """
+        if self.train_dataset is None:
+            raise RuntimeError("training dataset is not built: call setup() first")
+        assert self.seed is not None
+        workers = self.num_workers
+        loader = ResumableLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(self.train_dataset, seed=self.seed),
+            drop_last=True,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            worker_init_fn=_worker_init if workers > 0 else None,
+            pin_memory=torch.cuda.is_available(),
+            # Its own generator for the worker seeds leaves torch's global one alone, so a
+            # resumed fit's random draws follow the restored global state as the original's did.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        loader.batches_done = self._batches_done
+        return loader
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch the trainer counts as trained (0 without a trainer)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data seed, for the checkpoint."""
+        return {} if self.seed is None else {"seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take the seed of a :meth:`state_dict` (a resumed fit continues its data order)."""
+        if "seed" not in state_dict:
+            return
+        self.seed = int(state_dict["seed"])
+        if isinstance(self.train_dataset, SeededItems):  # setup() ran before the restore
+            self.train_dataset.seed = self.seed
+        # Lightning cannot tell that this loader resumes mid-epoch (its position comes from the
+        # restored trainer, not from a loader state), and would warn that it does not.
+        warnings.filterwarnings(
+            "ignore", message=r".*resuming from a checkpoint that ended before the epoch ended"
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from picoseg.data import FolderDataset, SegmentationDataModule
+from picoseg.data.resumable import EpochSampler
 from picoseg.data.scenes import ensure_scenes_dataset
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
@@ -87,7 +88,7 @@ def test_loader_settings(scenes_root: Path) -> None:
     train, val = dm.train_dataloader(), dm.val_dataloader()
     assert train.drop_last and not val.drop_last
     assert train.persistent_workers and val.persistent_workers
-    assert isinstance(train.sampler, torch.utils.data.RandomSampler)
+    assert isinstance(train.sampler, EpochSampler) and train.sampler.shuffle
     assert isinstance(val.sampler, torch.utils.data.SequentialSampler)
     dm0 = _module(scenes_root)
     dm0.setup("fit")
