@@ -11,7 +11,9 @@ a file that holds anything else is refused before any of it is built.
 
 :class:`AtomicCheckpointIO` writes a checkpoint to a hidden temporary file in the same folder and
 renames it over the old one, so a process killed while writing (OOM killer, preemption, power)
-leaves the previous complete ``last.ckpt``, never a truncated one.
+leaves the previous complete ``last.ckpt``, never a truncated one. :class:`LastCheckpoint` keeps
+``last.ckpt`` the latest state of the run: after every epoch, every validation and, optionally,
+every few steps.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 if TYPE_CHECKING:
     from picoseg.system import SegmentationSystem
 
-__all__ = ["AtomicCheckpointIO", "load_checkpoint", "load_run"]
+__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "load_checkpoint", "load_run"]
 
 #: Keys every checkpoint written by ``picoseg.train`` holds.
 REQUIRED_KEYS = ("state_dict", "picoseg_config")
@@ -86,8 +90,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, made atomic: temporary file, flush to disk, rename.
 
     The temporary file (``.<name>.tmp<pid>`` beside the target, so ``*.ckpt`` globs never see it)
-    is removed when the write fails; a process killed mid-write can leave one behind, which
-    the next write of the same process id replaces.
+    is removed when the write fails. A process killed mid-write leaves one behind; the next
+    successful write of the same file removes those whose process is no longer running.
     """
 
     def save_checkpoint(
@@ -107,6 +111,74 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
+        _remove_orphans(path)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove ``.<name>.tmp<pid>`` files beside ``path`` left by processes that are gone."""
+    prefix = f".{path.name}.tmp"
+    for leftover in path.parent.glob(f"{prefix}*"):
+        pid = leftover.name[len(prefix) :]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            leftover.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # a live process of another user
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: the run's latest state, written after every training epoch (and its
+    validation), after every validation inside an epoch, and every ``every_n_train_steps`` steps
+    when that is set, so ``ckpt_path=last`` loses at most that many steps.
+
+    Lightning's ``ModelCheckpoint`` takes either epoch or step triggers, and saves after a
+    validation inside an epoch only when validation is not at epoch ends; this keeps all three.
+
+    Args:
+        dirpath: The checkpoint folder.
+        filename: The file name without ``.ckpt``.
+        every_n_train_steps: Also save every this many optimiser steps (0: only at epoch ends
+            and validations).
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "last", every_n_train_steps: int = 0):
+        if int(every_n_train_steps) < 0:
+            raise ValueError(f"every_n_train_steps={every_n_train_steps}: expected >= 0")
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=None,
+            save_top_k=1,
+            every_n_train_steps=int(every_n_train_steps) or None,
+            auto_insert_metric_name=False,
+        )
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Flush the loggers before any checkpoint is written, so the logs on disk reach at least
+        its step: a run killed later and resumed from it loses no logged row."""
+        for logger in trainer.loggers:
+            logger.save()
+        return super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def _save_latest(self, trainer: L.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save after a validation inside an epoch (one at the epoch end waits for it)."""
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._save_latest(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save at the end of every training epoch, after its validation."""
+        if self._last_global_step_saved == trainer.global_step:
+            self._last_global_step_saved = -1  # a step save of this step came before the epoch end
+        self._save_latest(trainer)
 
 
 def load_run(

@@ -141,6 +141,30 @@ def test_a_process_killed_while_writing_leaves_the_previous_checkpoint(tmp_path)
     assert load_checkpoint(path)["picoseg_config"] in ({"v": 1.0}, {"v": 2.0})
 
 
+def test_a_write_removes_temporary_files_of_processes_that_are_gone(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from picoseg.checkpoint import AtomicCheckpointIO
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = tmp_path / f".last.ckpt.tmp{int(gone.stdout)}"  # its process has exited
+    alive = tmp_path / f".last.ckpt.tmp{os.getppid()}"  # a running process: may be writing
+    other = tmp_path / f".best.ckpt.tmp{int(gone.stdout)}"  # another file's: not this write's
+    for leftover in (dead, alive, other):
+        leftover.write_bytes(b"PK cut short")
+    AtomicCheckpointIO().save_checkpoint(_picoseg_like(1.0), tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["last.ckpt", alive.name, other.name]
+    )
+
+
 def test_an_unreadable_checkpoint_names_the_other_checkpoints_of_the_run(tmp_path):
     torch.save(_picoseg_like(1.0), tmp_path / "best.ckpt")
     (tmp_path / "last.ckpt").write_bytes((tmp_path / "best.ckpt").read_bytes()[:100])

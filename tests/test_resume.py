@@ -107,18 +107,14 @@ def test_loading_a_checkpoint_outside_fit_leaves_the_random_state_alone():
     assert torch.equal(torch.get_rng_state(), before) and other.skipped_steps == 0
 
 
-# Deterministic augmentations: the crop is the whole 64 x 128 debug image, no scaling, flip or
-# jitter. The datamodule's augmentation generators are not in the checkpoint (they restart from
-# the seed on resume), so random augmentations would differ after a resume.
+# debug=fast with its random crops, flips and colour jitter: the data order and the
+# augmentations are functions of (seed, epoch, index) (picoseg/data/resumable.py), and the
+# checkpoint holds the seed and the position in the epoch.
 _OVERRIDES = [
     "debug=fast",
     "report=false",
-    "dataset.datamodule.crop_size=[64,128]",
-    "dataset.datamodule.scale_range=[1.0,1.0]",
-    "+dataset.datamodule.hflip=false",
-    "+dataset.datamodule.color_jitter=0.0",
     # Small queues that wrap around during the run; private sampler and synthesis generators
-    # (the memory bank and the data order draw from the global one).
+    # (the memory bank draws from the global one).
     "memory.pixel_size=30",
     "memory.region_size=4",
     "sampler.seed=1",
@@ -143,8 +139,12 @@ def _logged(run_dir: Path) -> dict[tuple[int, str], float]:
     }
 
 
+def _checkpoint_file(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _checkpoint(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return _checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
 
 
 @pytest.mark.slow
@@ -178,8 +178,13 @@ def test_two_epochs_equal_one_epoch_then_resume_last_and_one_more(compose_config
         # CPU kernels are deterministic for equal inputs and thread counts: equal to rounding.
         assert value == pytest.approx(reference[(step, key)], rel=1e-6, abs=1e-7), (step, key)
 
+    _assert_same_end(full, resumed, 2 * steps_per_epoch)
+
+
+def _assert_same_end(full: Path, resumed: Path, steps: int) -> None:
+    """The two runs' last checkpoints hold the same weights, memory, optimiser and RNG states."""
     a, c = _checkpoint(full), _checkpoint(resumed)
-    assert a["global_step"] == c["global_step"] == 2 * steps_per_epoch
+    assert a["global_step"] == c["global_step"] == steps
     assert a["state_dict"].keys() == c["state_dict"].keys()
     for name, tensor in a["state_dict"].items():  # weights and the memory bank's queues
         torch.testing.assert_close(c["state_dict"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
@@ -192,3 +197,40 @@ def test_two_epochs_equal_one_epoch_then_resume_last_and_one_more(compose_config
         a_state, c_state = a["picoseg_rng"][holder], c["picoseg_rng"][holder]
         assert a_state.keys() == c_state.keys() == {"cpu"}
         assert torch.equal(a_state["cpu"], c_state["cpu"])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_resume_from_the_middle_of_an_epoch_continues_exactly(compose_config, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    # The uninterrupted run also keeps a checkpoint of every 3rd step: step 3 is the middle of
+    # the first epoch (4 steps), after a prefix of random crops, memory pushes and samples.
+    keep = "+callbacks.every_3_steps"
+    _fit(
+        compose_config,
+        full,
+        [
+            "trainer.max_epochs=2",
+            f"{keep}._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"{keep}.dirpath={tmp_path / 'steps'}",
+            f"{keep}.filename='{{step}}'",
+            f"{keep}.every_n_train_steps=3",
+            f"{keep}.save_top_k=-1",
+        ],
+    )
+    middle = tmp_path / "steps" / "step=3.ckpt"
+    assert _checkpoint_file(middle)["global_step"] == 3
+    _fit(compose_config, resumed, ["trainer.max_epochs=2", f"ckpt_path='{middle}'"])
+
+    reference, continued = _logged(full), _logged(resumed)
+    assert {step for step, _ in continued} == set(range(3, 8))
+    for (step, key), value in continued.items():
+        assert value == pytest.approx(reference[(step, key)], rel=1e-6, abs=1e-7), (step, key)
+    # Validation after each epoch, and train()'s final one of best.ckpt: all equal.
+    assert len(_val_miou(full)) == 3 and _val_miou(resumed) == _val_miou(full)
+    _assert_same_end(full, resumed, 8)
+
+
+def _val_miou(run_dir: Path) -> list[float]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return [float(row["val/miou"]) for row in csv.DictReader(f) if row.get("val/miou")]
