@@ -135,6 +135,7 @@ class LogProgress(L.Callback):
         if scalars:
             parts.append(" ".join(scalars))
         rates = [group["lr"] for opt in trainer.optimizers for group in opt.param_groups]
+        rates = list(dict.fromkeys(rates))  # groups that differ in weight decay only: once
         if rates:
             parts.append("lr " + "/".join(f"{lr:.2e}" for lr in rates))
         if math.isfinite(rate):

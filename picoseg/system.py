@@ -22,6 +22,7 @@ from picoseg.inference import predict_labels
 from picoseg.metrics import confusion_metric, iou_from_confusion
 from picoseg.models.output import SegmentationOutput
 from picoseg.models.segmentor import Segmentor
+from picoseg.optim import parameter_groups
 
 if TYPE_CHECKING:
     from picoseg.contrast import ContrastOutput, MemoryBank, PixelContrastLoss
@@ -122,8 +123,11 @@ class SegmentationSystem(L.LightningModule):
             (e.g. :class:`~picoseg.mask_classification.MaskClassificationLoss` for MaskFormer);
             the terms are summed and each is logged as ``train/<name>``, while ``train/ce`` of
             the logits is still logged (without gradient) to compare runs. ``None``: ``L_CE``.
-        backbone_lr_mult: learning-rate factor of the backbone's parameters (one parameter
-            group for the backbone, one for the rest; ``train/lr`` logs the rest's).
+        backbone_lr_mult: learning-rate factor of the backbone's parameters (their own
+            parameter groups; ``train/lr`` logs the rest's rate, ``train/lr/<group>`` each).
+        decay_norm_and_bias: weight-decay every parameter. ``False`` (default): biases,
+            normalisation parameters and embeddings take none
+            (:func:`picoseg.optim.parameter_groups`).
         compile: ``torch.compile`` the network's backbone and head (in place, with
             ``nn.Module.compile``: parameter names and checkpoints are unchanged) when fitting
             starts. The projection head, the loss, the sampler and the memory stay eager; the
@@ -164,6 +168,7 @@ class SegmentationSystem(L.LightningModule):
         criterion: Callable[[SegmentationOutput, torch.Tensor], dict[str, torch.Tensor]]
         | None = None,
         backbone_lr_mult: float = 1.0,
+        decay_norm_and_bias: bool = False,
         compile: bool = False,
         compile_mode: str | None = None,
         compile_backend: str | Callable[..., Any] = "inductor",
@@ -200,6 +205,7 @@ class SegmentationSystem(L.LightningModule):
         self.label_resize = label_resize
         self.criterion = criterion
         self.backbone_lr_mult = backbone_lr_mult
+        self.decay_norm_and_bias = decay_norm_and_bias
         #: ``torch.compile`` keyword arguments for the backbone and head; ``None``: eager.
         self.compile_options: dict[str, Any] | None = (
             {"mode": compile_mode, "backend": compile_backend} if compile else None
@@ -284,9 +290,13 @@ class SegmentationSystem(L.LightningModule):
         log("train/loss", loss)
         groups = self.trainer.optimizers[0].param_groups
         log("train/lr", groups[-1]["lr"])
-        if len(groups) > 1:  # e.g. a slower backbone: every group's rate, by name
+        if len({group["lr"] for group in groups}) > 1:  # e.g. a slower backbone: each rate
+            rates = {}  # a group and its no-decay twin share their rate: one entry for both
             for index, group in enumerate(groups):
-                log(f"train/lr/{group.get('name', f'group{index}')}", group["lr"])
+                name = str(group.get("name", f"group{index}")).removesuffix("_no_decay")
+                rates.setdefault(name, group["lr"])
+            for name, rate in rates.items():
+                log(f"train/lr/{name}", rate)
         finite = self._loss_is_finite_everywhere(loss)
         if not finite:
             self.skipped_steps += 1
@@ -364,19 +374,12 @@ class SegmentationSystem(L.LightningModule):
         return [MemoryBankCallback()] if self.memory is not None else []
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        if self.backbone_lr_mult == 1.0:
-            optimizer = self.optimizer_factory(params)
-        else:
-            backbone = {id(p) for p in self.network.backbone.parameters()}
-            optimizer = self.optimizer_factory(
-                [
-                    {"params": [p for p in params if id(p) in backbone], "name": "backbone"},
-                    {"params": [p for p in params if id(p) not in backbone], "name": "rest"},
-                ]
-            )
-            # Scaled before the scheduler records each group's base rate.
-            optimizer.param_groups[0]["lr"] *= self.backbone_lr_mult
+        groups = parameter_groups(
+            self, self.network.backbone, self.backbone_lr_mult, self.decay_norm_and_bias
+        )
+        optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:  # before the scheduler records the base rates
+            group["lr"] *= group["lr_mult"]
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

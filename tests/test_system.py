@@ -148,7 +148,7 @@ def test_validation_with_an_inference_setting_keeps_the_confusion():
     assert torch.equal(confusion, default["confusion"])
 
 
-def test_backbone_lr_mult_makes_a_slower_backbone_group_that_the_schedule_keeps():
+def test_backbone_lr_mult_makes_slower_backbone_groups_that_the_schedule_keeps():
     from picoseg.optim import poly_schedule
 
     system = _system(
@@ -157,18 +157,54 @@ def test_backbone_lr_mult_makes_a_slower_backbone_group_that_the_schedule_keeps(
         backbone_lr_mult=0.1,
     )
     optimizer = system.configure_optimizers()
-    backbone, rest = optimizer.param_groups
-    assert backbone["lr"] == pytest.approx(0.01) and rest["lr"] == pytest.approx(0.1)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert list(groups) == ["backbone", "backbone_no_decay", "rest", "rest_no_decay"]
+    assert [g["lr"] for g in groups.values()] == pytest.approx([0.01, 0.01, 0.1, 0.1])
     ids = lambda params: {id(p) for p in params}  # noqa: E731
-    assert ids(backbone["params"]) == ids(system.network.backbone.parameters())
-    assert ids(rest["params"]) == ids(system.parameters()) - ids(backbone["params"])
-    assert ids(system.projection.parameters()) <= ids(rest["params"])
+    backbone = ids(groups["backbone"]["params"]) | ids(groups["backbone_no_decay"]["params"])
+    rest = ids(groups["rest"]["params"]) | ids(groups["rest_no_decay"]["params"])
+    assert backbone == ids(system.network.backbone.parameters())
+    assert rest == ids(system.parameters()) - backbone
+    assert ids(system.projection.parameters()) <= rest
     scheduler = poly_schedule(optimizer, total_steps=4, power=1.0)
     optimizer.step()
     scheduler.step()
-    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.0075, 0.075])
-    # Without a factor the optimiser has one group, as before.
-    assert len(_system().configure_optimizers().param_groups) == 1
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.0075] * 2 + [0.075] * 2)
+
+
+def test_biases_norms_and_embeddings_take_no_weight_decay():
+    system = _system(
+        projection=functools.partial(ProjectionHead, dim=8), contrast=torch.nn.Identity()
+    )
+    system.optimizer_factory = functools.partial(torch.optim.AdamW, lr=0.1, weight_decay=0.05)
+    decay, no_decay = system.configure_optimizers().param_groups
+    assert (decay["name"], decay["weight_decay"]) == ("decay", 0.05)
+    assert (no_decay["name"], no_decay["weight_decay"]) == ("no_decay", 0.0)
+    names = {id(p): n for n, p in system.named_parameters()}
+    expected = {  # written out by kind: every bias and every norm's weight
+        n
+        for module_name, module in system.named_modules()
+        for kind, p in module.named_parameters(recurse=False)
+        if (n := f"{module_name}.{kind}") and (kind == "bias" or "Norm" in type(module).__name__)
+    }
+    assert {names[id(p)] for p in no_decay["params"]} == expected
+    assert "network.backbone.model.conv1.weight" in {names[id(p)] for p in decay["params"]}
+    system.decay_norm_and_bias = True  # the old behaviour: one group, decay everywhere
+    (only,) = system.configure_optimizers().param_groups
+    assert only["name"] == "all" and only["weight_decay"] == 0.05
+
+
+def test_vit_position_embedding_and_class_token_take_no_weight_decay():
+    import timm
+
+    from picoseg.optim import no_weight_decay_names
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    names = no_weight_decay_names(vit)
+    assert {"pos_embed", "cls_token", "norm.weight", "blocks.0.attn.qkv.bias"} <= names
+    assert not {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight"} & names
+    matrices = {n for n, p in vit.named_parameters() if p.ndim > 1}
+    assert names & matrices == {"pos_embed", "cls_token"}
 
 
 def test_compile_wraps_only_backbone_and_head_when_fitting_and_keeps_outputs():
