@@ -203,14 +203,16 @@ def _assert_same_end(full: Path, resumed: Path, steps: int) -> None:
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_resume_from_the_middle_of_an_epoch_continues_exactly(compose_config, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    # The uninterrupted run also keeps a checkpoint of every 3rd step: step 3 is the middle of
-    # the first epoch (4 steps), after a prefix of random crops, memory pushes and samples.
+    # 3 epochs of 4 steps, 2 persistent loader workers. The uninterrupted run also keeps a
+    # checkpoint of every 3rd step: step 6 is the middle of the second epoch, so the resumed
+    # run starts mid-epoch and then crosses an epoch end and a validation, its process's first.
+    run = ["trainer.max_epochs=3", "dataset.datamodule.num_workers=2"]
     keep = "+callbacks.every_3_steps"
     _fit(
         compose_config,
         full,
         [
-            "trainer.max_epochs=2",
+            *run,
             f"{keep}._target_=lightning.pytorch.callbacks.ModelCheckpoint",
             f"{keep}.dirpath={tmp_path / 'steps'}",
             f"{keep}.filename='{{step}}'",
@@ -218,17 +220,17 @@ def test_a_resume_from_the_middle_of_an_epoch_continues_exactly(compose_config, 
             f"{keep}.save_top_k=-1",
         ],
     )
-    middle = tmp_path / "steps" / "step=3.ckpt"
-    assert _checkpoint_file(middle)["global_step"] == 3
-    _fit(compose_config, resumed, ["trainer.max_epochs=2", f"ckpt_path='{middle}'"])
+    middle = tmp_path / "steps" / "step=6.ckpt"
+    assert _checkpoint_file(middle)["global_step"] == 6
+    _fit(compose_config, resumed, [*run, f"ckpt_path='{middle}'"])
 
     reference, continued = _logged(full), _logged(resumed)
-    assert {step for step, _ in continued} == set(range(3, 8))
+    assert {step for step, _ in continued} == set(range(6, 12))
     for (step, key), value in continued.items():
         assert value == pytest.approx(reference[(step, key)], rel=1e-6, abs=1e-7), (step, key)
     # Validation after each epoch, and train()'s final one of best.ckpt: all equal.
-    assert len(_val_miou(full)) == 3 and _val_miou(resumed) == _val_miou(full)
-    _assert_same_end(full, resumed, 8)
+    assert len(_val_miou(full)) == 4 and _val_miou(resumed) == _val_miou(full)[1:]
+    _assert_same_end(full, resumed, 12)
 
 
 def _val_miou(run_dir: Path) -> list[float]:

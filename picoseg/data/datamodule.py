@@ -247,5 +247,14 @@ class SegmentationDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """Validation loader of full images, in order."""
         return self._loader(
-            self.val_dataset, "validation", batch_size=self.val_batch_size, shuffle=False
+            self.val_dataset,
+            "validation",
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            # A loader draws its workers' seeds when it starts an iteration, from the global
+            # generator unless it has its own; and it draws differently for its first iteration
+            # than for later ones (persistent workers). A resumed fit's first validation is its
+            # process's first, so without this the global random state would part from an
+            # uninterrupted run's after it.
+            generator=torch.Generator().manual_seed(0),
         )
