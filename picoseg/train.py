@@ -27,7 +27,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from picoseg.checkpoint import AtomicCheckpointIO, load_checkpoint
-from picoseg.config import drop_disabled_settings
 from picoseg.curves import plot_curves
 from picoseg.inference import inference_settings, is_single_whole_pass
 from picoseg.preemption import SaveOnPreemption, clear_preemption, preempted_checkpoint
@@ -140,8 +139,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ``preempted`` True (``checkpoints/last.ckpt`` holds the state; the same run directory
         resumes from it without ``ckpt_path``).
     """
-    for key in drop_disabled_settings(cfg):
-        log.info("%s is switched off: its settings from the experiment are not used", key)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.dataset.datamodule)

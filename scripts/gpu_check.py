@@ -33,7 +33,6 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset
 
-from picoseg.config import drop_disabled_settings
 from picoseg.contrast import MemoryBankCallback
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -87,7 +86,6 @@ def run(name: str, loss: str, args: argparse.Namespace) -> dict:
             config_name="train",
             overrides=["dataset=cityscapes", f"loss={loss}", *MODELS[name], *args.overrides],
         )
-    drop_disabled_settings(cfg)
     model = instantiate(cfg.model)
     if loss != "ce":
         model.contrast_warmup_steps = 0  # measure the contrast from the first step

@@ -20,8 +20,6 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from picoseg.config import drop_disabled_settings
-
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -123,8 +121,6 @@ def compose_config(tmp_path):
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")
-        if config_name == "train":
-            drop_disabled_settings(cfg)  # as picoseg.train does before building anything
         return cfg
 
     yield _compose

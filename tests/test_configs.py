@@ -211,7 +211,9 @@ def test_ablation_sweeps_compose_for_every_value(compose_config, option):
 def test_switching_off_a_component_sized_by_the_experiment(compose_config):
     # scenes_pico sizes the memory and the synthesis; the command line may still turn them off.
     cfg = compose_config(["experiment=scenes_pico", "memory=none", "synthesis=none"])
-    assert cfg.memory is None and cfg.synthesis is None
+    # Off inside the group: the experiment's sizes land in the `none` node, which builds nothing.
+    assert cfg.memory._target_ == cfg.synthesis._target_ == "picoseg.contrast.disabled.disabled"
+    assert cfg.memory.pixel_size == 2000
     model = _build_model(cfg)
     assert model.memory is None and model.contrast.synthesis is None
     cfg = compose_config(["experiment=scenes_pico", "loss=ce"])

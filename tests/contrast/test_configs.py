@@ -85,14 +85,14 @@ def test_option_merges_into_a_stub_and_instantiates(group, option):
     cfg = OmegaConf.merge(STUB, node if is_global else {group: node})
     OmegaConf.resolve(cfg)
     expected_type, attributes = EXPECTED[(group, option)]
-    if expected_type is None:
-        assert is_global and cfg[group] is None  # `none` really is None, at the group's key
+    if expected_type is None:  # `none` is a node of the group that builds nothing
+        assert not is_global and cfg[group]._target_ == "picoseg.contrast.disabled.disabled"
     _check(instantiate(cfg[group]), expected_type, attributes, group)
 
 
 @pytest.mark.parametrize("group,option", sorted(EXPECTED))
 def test_option_composes_with_hydra(tmp_path, group, option):
-    """Hydra itself applies the package headers (`none` must land on the group's key)."""
+    """Hydra itself applies the package headers (every option lands on its group's key)."""
     for name in ("sampler", "synthesis", "memory"):
         shutil.copytree(CONF / name, tmp_path / name)
     (tmp_path / "config.yaml").write_text(
@@ -104,3 +104,13 @@ def test_option_composes_with_hydra(tmp_path, group, option):
     expected_type, attributes = EXPECTED[(group, option)]
     _check(instantiate(cfg[group]), expected_type, attributes, group)
     assert set(cfg) == {"sampler", "synthesis", "memory", "dataset", "model"}
+
+
+def test_a_switched_off_component_builds_nothing_and_says_its_settings_are_unused(caplog):
+    from picoseg.contrast.disabled import disabled
+
+    with caplog.at_level("INFO", logger="picoseg.contrast.disabled"):
+        assert disabled("memory") is None
+        assert not caplog.records
+        assert disabled("memory", pixel_size=2000, region_size=1000) is None
+    assert "memory is switched off" in caplog.text and "pixel_size" in caplog.text
