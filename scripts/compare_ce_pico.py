@@ -6,7 +6,7 @@ Every run is a real ``python -m picoseg.train`` (``experiment=<setting>_ce`` or
 ``--output``. ``--setting scenes`` (default) trains ResNet-18 + FCN from random weights;
 ``--setting lite0_scenes`` fine-tunes the ImageNet-pretrained EfficientNet-Lite0, the paper's
 regime in miniature. Then, for every run, the best checkpoint's class-balanced validation pixels
-are scored (:func:`picoseg.embeddings.separation_scores`: intra- vs inter-class cosine
+are scored (:func:`picoseg.embedding_analysis.separation_scores`: intra- vs inter-class cosine
 similarity, their gap and the cosine silhouette) on the decoder embeddings (what the classifier
 reads) and, for PiCo runs, on the projections (what the contrast loss reads).
 
@@ -60,7 +60,12 @@ from PIL import Image
 from scipy import stats
 
 from picoseg.contrast.grid_labels import resize_labels
-from picoseg.embeddings import checkpoint_samples, embed_2d, plot_embedding, separation_scores
+from picoseg.embedding_analysis import (
+    checkpoint_samples,
+    embed_2d,
+    plot_embedding,
+    separation_scores,
+)
 from picoseg.visualize import default_palette
 
 METHODS = ("ce", "pico")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from picoseg.embeddings import (
+from picoseg.embedding_analysis import (
     ClassBalancedSampler,
     embed_2d,
     sample_class_balanced,
