@@ -286,7 +286,11 @@ class SegmentationSystem(L.LightningModule):
             log("train/num_anchors", contrast.num_anchors.float())
             if self.memory is not None:
                 log("train/memory_fill", self.memory.fill_fraction().mean())
-            result = {"projections": projections.detach(), "embedding_labels": embedding_labels}
+            result = {
+                "projections": projections.detach(),
+                "embedding_labels": embedding_labels,
+                "regions": contrast.regions,
+            }
         log("train/loss", loss)
         groups = self.trainer.optimizers[0].param_groups
         log("train/lr", groups[-1]["lr"])

@@ -553,12 +553,16 @@ class ContrastOutput:
         pixel_loss: detached scalar, the pixel-to-pixel part (0 when off).
         region_loss: detached scalar, the pixel-to-region part (0 when off).
         num_anchors: int64 scalar tensor, anchors sampled in the batch.
+        regions: the batch's region embeddings, (B, C, D) detached, and their validity (B, C),
+            when the loss computed them (in-batch region keys); ``None`` otherwise. The step
+            passes them on to :meth:`MemoryBank.select`, which would compute the same.
     """
 
     loss: Tensor
     pixel_loss: Tensor
     region_loss: Tensor
     num_anchors: Tensor
+    regions: tuple[Tensor, Tensor] | None = None
 
 
 @dataclass
@@ -690,7 +694,7 @@ class PixelContrastLoss(nn.Module):
             raw = projections.reshape(batch, dim, height * width)[sample.batch, :, sample.pixel]
             anchors = F.normalize(raw.float(), dim=1)
             anchor_labels = sample.labels
-            terms = self._collect_keys(projections, labels, anchors, anchor_labels, memory)
+            terms, regions = self._collect_keys(projections, labels, anchors, anchor_labels, memory)
             scale = self.temperature / self.base_temperature
             zero = raw.sum() * 0.0
             results = []
@@ -720,6 +724,7 @@ class PixelContrastLoss(nn.Module):
             pixel_loss=pixel_loss,
             region_loss=region_loss,
             num_anchors=sample.valid.sum(),
+            regions=regions,
         )
 
     # -- keys --------------------------------------------------------------------------------------
@@ -731,13 +736,15 @@ class PixelContrastLoss(nn.Module):
         anchors: Tensor,
         anchor_labels: Tensor,
         memory: MemoryBank | None,
-    ) -> list[tuple[tuple[str, ...], _Keys]]:
+    ) -> tuple[list[tuple[tuple[str, ...], _Keys]], tuple[Tensor, Tensor] | None]:
+        """The keys of each softmax term, and the in-batch region embeddings when computed."""
         kinds = [
             k for k, on in (("pixel", self.pixel_to_pixel), ("region", self.pixel_to_region)) if on
         ]
         from_memory = {k: memory is not None and memory.holds(k) for k in kinds}
         from_batch = {k: (not from_memory[k]) or self.in_batch_keys for k in kinds}
         batch_keys: dict[str, tuple[Tensor, Tensor]] = {}
+        computed_regions = None
         if "pixel" in kinds and from_batch["pixel"]:
             batch_keys["pixel"] = (anchors, anchor_labels)
         if "region" in kinds and from_batch["region"]:
@@ -751,8 +758,7 @@ class PixelContrastLoss(nn.Module):
                 regions, region_valid = region_embeddings(
                     projections.detach(), labels, num_classes, self.ignore_index
                 )
-            if memory is not None and memory.num_classes == num_classes:
-                memory.remember_regions(projections, labels, regions, region_valid)
+            computed_regions = (regions, region_valid)
             class_ids = torch.arange(num_classes, device=anchors.device).expand(regions.shape[:2])
             region_labels = torch.where(region_valid, class_ids, -1).reshape(-1)
             batch_keys["region"] = (regions.reshape(-1, regions.shape[-1]), region_labels)
@@ -784,7 +790,7 @@ class PixelContrastLoss(nn.Module):
                     ),
                 )
             )
-        return terms
+        return terms, computed_regions
 
     # -- one InfoNCE term --------------------------------------------------------------------------
 

@@ -124,7 +124,6 @@ class MemoryBank(nn.Module):
         self._host_counts: tuple[list[int], list[int]] | None = ([0] * num_classes,) * 2
         self._host_starts: tuple[list[int], list[int]] = ([0] * num_classes,) * 2
         self._pools: dict[tuple[bool, bool, int], KeyPool] = {}
-        self._region_cache: tuple | None = None
 
     keys: Tensor
     pixel_pointer: Tensor
@@ -167,32 +166,6 @@ class MemoryBank(nn.Module):
             names += ["stamps", "pushes"]
         return [f"{prefix}.{name}" if prefix else name for name in names]
 
-    @staticmethod
-    def _identity(projections: Tensor, labels: Tensor) -> tuple:
-        return tuple(
-            (t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype, t.device)
-            for t in (projections, labels)
-        )
-
-    def remember_regions(
-        self, projections: Tensor, labels: Tensor, regions: Tensor, valid: Tensor
-    ) -> None:
-        """Keeps the region embeddings of (projections, labels) for the coming :meth:`select`.
-
-        The loss computes them for its in-batch region keys; :meth:`select` reuses them when it
-        is called with the same, unmodified tensors (same storage, shape and version counter;
-        ``.detach()`` of the same map qualifies), and recomputes them otherwise.
-        """
-        if self.use_region:
-            # The references keep the storages alive, so an equal data_ptr means the same tensor.
-            self._region_cache = (
-                self._identity(projections, labels),
-                regions.detach(),
-                valid,
-                projections.detach(),  # shares storage and version counter, not the graph
-                labels,
-            )
-
     # -- selecting what to push --------------------------------------------------------------------
 
     def select(
@@ -200,6 +173,7 @@ class MemoryBank(nn.Module):
         projections: Tensor,
         labels: Tensor,
         generator: torch.Generator | None = None,
+        regions: tuple[Tensor, Tensor] | None = None,
     ) -> MemoryCandidates:
         """Chooses the keys a batch will push, as fixed-size tensors.
 
@@ -210,6 +184,9 @@ class MemoryBank(nn.Module):
             projections: (B, D, h, w) raw projections (detached and normalised here).
             labels: (B, h, w) int64 classes at the embedding resolution.
             generator: random generator (None: the global one).
+            regions: the region embeddings of these projections and labels, (B, C, D) and
+                validity (B, C), when the loss already computed them
+                (:attr:`ContrastOutput.regions`); computed here when ``None``.
 
         Returns:
             :class:`MemoryCandidates` with shapes (B, C, V, D), (B, C, V), (B, C, D), (B, C).
@@ -238,13 +215,13 @@ class MemoryBank(nn.Module):
             else:
                 pixel_keys = projections.new_zeros(batch, num_classes, 0, dim, dtype=torch.float32)
                 pixel_valid = torch.zeros(batch, num_classes, 0, dtype=torch.bool, device=device)
-            cache, self._region_cache = self._region_cache, None
-            if (
-                self.use_region
-                and cache is not None
-                and cache[0] == self._identity(projections, labels)
-            ):
-                region_keys, region_valid = cache[1], cache[2]
+            if self.use_region and regions is not None:
+                region_keys, region_valid = regions[0].detach().float(), regions[1]
+                if region_keys.shape != (batch, num_classes, dim):
+                    raise ValueError(
+                        f"MemoryBank.select: regions {tuple(region_keys.shape)} must be "
+                        f"(B, C, D) = {(batch, num_classes, dim)}"
+                    )
             elif self.use_region:
                 region_keys, region_valid = region_embeddings(
                     projections, labels, num_classes, self.ignore_index
@@ -478,9 +455,10 @@ def gather_and_push(
 class MemoryBankCallback(L.Callback):
     """Pushes each training batch into ``pl_module.memory`` after the step.
 
-    It reads ``outputs["projections"]`` ((B, D, h, w) raw projections; detached here) and
-    ``outputs["embedding_labels"]`` ((B, h, w) labels at the embedding resolution) from the dict
-    the ``training_step`` returns, selects the candidates, gathers them from all ranks with
+    It reads ``outputs["projections"]`` ((B, D, h, w) raw projections; detached here),
+    ``outputs["embedding_labels"]`` ((B, h, w) labels at the embedding resolution) and, when
+    present, ``outputs["regions"]`` (the loss's region embeddings, reused) from the dict the
+    ``training_step`` returns, selects the candidates, gathers them from all ranks with
     ``pl_module.all_gather`` and pushes. Does nothing when the module has no memory (``None``) or
     the outputs lack those keys.
     """
@@ -498,5 +476,9 @@ class MemoryBankCallback(L.Callback):
             return
         if "projections" not in outputs or "embedding_labels" not in outputs:
             return
-        candidates = memory.select(outputs["projections"].detach(), outputs["embedding_labels"])
+        candidates = memory.select(
+            outputs["projections"].detach(),
+            outputs["embedding_labels"],
+            regions=outputs.get("regions"),
+        )
         gather_and_push(memory, candidates, pl_module.all_gather)

@@ -225,24 +225,34 @@ def test_memory_rejects_bad_config():
         memory.select(torch.randn(1, 6, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
 
 
-def test_select_reuses_the_loss_regions_only_for_unchanged_tensors():
+def test_the_loss_returns_its_regions_and_select_reuses_them_without_touching_the_memory():
     from picoseg.contrast import PixelContrastLoss, PixelSampler, region_embeddings
 
     memory = MemoryBank(3, 5, 10, 4, 2)
     projections = torch.randn(2, 5, 4, 4)
     labels = torch.randint(0, 3, (2, 4, 4))
-    loss_fn = PixelContrastLoss(PixelSampler(max_anchors=8, min_pixels=1), num_classes=3)
-    loss_fn(projections, labels, None, memory)
-    assert memory._region_cache is not None
+    before = {k: v.clone() for k, v in memory.state_dict().items()}
+    loss_fn = PixelContrastLoss(
+        PixelSampler(max_anchors=8, min_pixels=1), num_classes=3, in_batch_keys=True
+    )
+    out = loss_fn(projections, labels, None, memory)
+    for name, value in memory.state_dict().items():  # the loss only reads the memory
+        assert torch.equal(value, before[name]), name
     fresh, fresh_valid = region_embeddings(projections, labels, 3)
-    candidates = memory.select(projections.detach(), labels)
-    torch.testing.assert_close(candidates.region_keys, fresh)
-    assert torch.equal(candidates.region_valid, fresh_valid)
-    assert memory._region_cache is None  # consumed
-    loss_fn(projections, labels, None, memory)
-    projections.mul_(-1)  # in place: the cached regions are stale now
-    candidates = memory.select(projections, labels)
-    torch.testing.assert_close(candidates.region_keys, -fresh)
+    regions, valid = out.regions
+    torch.testing.assert_close(regions, fresh)
+    assert torch.equal(valid, fresh_valid)
+    passed = memory.select(projections.detach(), labels, regions=out.regions)
+    computed = memory.select(projections.detach(), labels)
+    torch.testing.assert_close(passed.region_keys, computed.region_keys)
+    assert torch.equal(passed.region_valid, computed.region_valid)
+    # Without in-batch region keys (the memory holds regions), the loss computes none.
+    memory_keys_only = PixelContrastLoss(
+        PixelSampler(max_anchors=8, min_pixels=1), num_classes=3, in_batch_keys=False
+    )
+    assert memory_keys_only(projections, labels, None, memory).regions is None
+    with pytest.raises(ValueError, match="regions"):
+        memory.select(projections, labels, regions=(fresh[:, :2], fresh_valid[:, :2]))
 
 
 def _pool_keys(pool, c):
