@@ -378,9 +378,13 @@ class SegmentationSystem(L.LightningModule):
         return [MemoryBankCallback()] if self.memory is not None else []
 
     def configure_optimizers(self) -> Any:
-        groups = parameter_groups(
-            self, self.network.backbone, self.backbone_lr_mult, self.decay_norm_and_bias
-        )
+        backbone = getattr(self.network, "backbone", None)
+        if backbone is None and self.backbone_lr_mult != 1.0:
+            raise ValueError(
+                f"backbone_lr_mult={self.backbone_lr_mult}: the network "
+                f"({type(self.network).__name__}) has no `backbone` attribute to slow down"
+            )
+        groups = parameter_groups(self, backbone, self.backbone_lr_mult, self.decay_norm_and_bias)
         optimizer = self.optimizer_factory(groups)
         for group in optimizer.param_groups:  # before the scheduler records the base rates
             group["lr"] *= group["lr_mult"]
