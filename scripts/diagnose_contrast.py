@@ -46,8 +46,9 @@ from hydra.utils import instantiate
 
 from picoseg.checkpoint import load_run
 from picoseg.contrast import MemoryBank, MemoryCandidates
+from picoseg.contrast.anchors import sample_group_pixels
 from picoseg.contrast.grid_labels import mixed_cells, resize_labels
-from picoseg.contrast.sampling import region_embeddings, sample_group_pixels
+from picoseg.contrast.regions import region_embeddings
 from picoseg.system import SegmentationSystem, masked_cross_entropy
 
 #: Key age buckets in (estimated) training steps.

@@ -1,5 +1,8 @@
 """PiCo's pixel contrast, usable without Lightning: loss, samplers, synthesis and memory bank."""
 
+from picoseg.contrast.anchors import AnchorSample, sample_anchors, sample_group_pixels
+from picoseg.contrast.key_pool import KeyPool
+from picoseg.contrast.key_selection import KeySelection, select_keys
 from picoseg.contrast.loss import (
     ContrastOutput,
     PixelContrastLoss,
@@ -13,16 +16,8 @@ from picoseg.contrast.memory import (
     MemoryCandidates,
     gather_and_push,
 )
-from picoseg.contrast.sampling import (
-    AnchorSample,
-    KeyPool,
-    KeySelection,
-    PixelSampler,
-    region_embeddings,
-    sample_anchors,
-    sample_group_pixels,
-    select_keys,
-)
+from picoseg.contrast.regions import region_embeddings
+from picoseg.contrast.sampling import PixelSampler
 from picoseg.contrast.synthesis import (
     NegativeSynthesis,
     SynthesisPlan,

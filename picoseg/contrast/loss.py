@@ -34,8 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from picoseg.contrast.key_pool import KeyPool
+from picoseg.contrast.key_selection import KeySelection
 from picoseg.contrast.memory import MemoryBank
-from picoseg.contrast.sampling import KeyPool, KeySelection, PixelSampler, region_embeddings
+from picoseg.contrast.regions import region_embeddings
+from picoseg.contrast.sampling import PixelSampler
 from picoseg.contrast.synthesis import NegativeSynthesis
 
 _TINY = torch.finfo(torch.float32).tiny

@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from picoseg.contrast.sampling import KeyPool, region_embeddings, sample_group_pixels
+from picoseg.contrast.anchors import sample_group_pixels
+from picoseg.contrast.key_pool import KeyPool
+from picoseg.contrast.regions import region_embeddings
 
 
 @dataclass

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from picoseg.contrast.sampling import generator_states, restore_generators
+from picoseg.contrast.generators import generator_states, restore_generators
 
 
 @dataclass
