@@ -134,6 +134,11 @@ class SegmentationSystem(L.LightningModule):
             evaluation and export entry points never compile.
         compile_mode: ``torch.compile``'s ``mode`` (``None``: its default).
         compile_backend: ``torch.compile``'s ``backend`` (``"eager"`` only traces, for tests).
+        run_config: the resolved run configuration (a plain dict), written into every checkpoint
+            as ``picoseg_config`` so that :func:`picoseg.checkpoint.load_run` can rebuild the run.
+        inference: how validation predicts, keyword arguments of
+            :func:`~picoseg.inference.predict_probabilities` (sliding window, scales, flip);
+            ``None``: the plain forward. ``picoseg.evaluate`` sets the attribute on a loaded run.
 
     Mixed precision (``trainer.precision=bf16-mixed`` or ``16-mixed``) runs the network under
     autocast; the cross-entropy reads float32 logits, and the projection head and the contrast
@@ -172,6 +177,8 @@ class SegmentationSystem(L.LightningModule):
         compile: bool = False,
         compile_mode: str | None = None,
         compile_backend: str | Callable[..., Any] = "inductor",
+        run_config: dict | None = None,
+        inference: dict | None = None,
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:
@@ -214,11 +221,11 @@ class SegmentationSystem(L.LightningModule):
         self.skipped_steps = 0
         self._drop_gradients = False
         self.val_confusion = confusion_metric(num_classes, ignore_index)
-        #: The resolved run configuration; train.py sets it so checkpoints can rebuild the model.
-        self.run_config: dict | None = None
-        #: Keyword arguments of :func:`~picoseg.inference.predict_probabilities` for validation
-        #: (evaluate.py sets them); ``None`` predicts the whole image at a single scale.
-        self.inference: dict | None = None
+        #: The resolved run configuration, saved in checkpoints so they can rebuild the model.
+        self.run_config = run_config
+        #: Keyword arguments of :func:`~picoseg.inference.predict_probabilities` for validation;
+        #: ``None`` predicts the whole image at a single scale (the plain forward).
+        self.inference = inference
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits at the network's stride (what inference uses)."""

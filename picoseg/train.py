@@ -142,12 +142,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.dataset.datamodule)
-    model: SegmentationSystem = instantiate(cfg.model)
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    model.run_config = run_config
     inference = inference_settings(cfg.get("inference"), cfg.dataset.datamodule.get("crop_size"))
-    # One whole-image pass is the plain forward: keep its logits (and val/ce) in validation.
-    model.inference = None if is_single_whole_pass(inference) else inference
+    # The run configuration goes in as a plain argument: passed to instantiate, its _target_
+    # nodes would be built too. One whole-image pass is the plain forward: keep its logits (and
+    # val/ce) in validation.
+    build_model = instantiate(cfg.model, _partial_=True)
+    model: SegmentationSystem = build_model(
+        run_config=run_config, inference=None if is_single_whole_pass(inference) else inference
+    )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     output_dir = Path(cfg.paths.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
