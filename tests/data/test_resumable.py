@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from picoseg.data import FolderDataset, SegmentationDataModule
 from picoseg.data.resumable import EpochSampler, SeededItems, item_seed
@@ -79,20 +78,10 @@ def test_an_item_depends_on_its_seed_epoch_and_index_only():
         SeededItems(_Images(transform), object(), seed=0)
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 train and 2 val random 40 x 48 images with 3 classes."""
-    root = tmp_path_factory.mktemp("tree")
-    rng = np.random.default_rng(1)
-    for split, count in (("train", 8), ("val", 2)):
-        for sub in ("images", "masks"):
-            (root / sub / split).mkdir(parents=True)
-        for i in range(count):
-            image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
-            mask = rng.integers(0, 3, (40, 48), dtype=np.uint8)
-            Image.fromarray(image).save(root / "images" / split / f"{i}.png")
-            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
-    return root
+@pytest.fixture
+def tree(tmp_path: Path, folder_tree) -> Path:
+    """8 train and 2 val random 40 x 48 images with 3 classes (the shared folder-tree writer)."""
+    return folder_tree(tmp_path / "tree", num_train=8, num_val=2, size=(40, 48), num_classes=3)
 
 
 def _module(root: Path, workers: int = 0) -> SegmentationDataModule:
