@@ -1,15 +1,10 @@
 """PiCo's pixel contrast, usable without Lightning: loss, samplers, synthesis and memory bank."""
 
 from picoseg.contrast.anchors import AnchorSample, sample_anchors, sample_group_pixels
+from picoseg.contrast.info_nce import gathered_similarity, info_nce, info_nce_indexed
 from picoseg.contrast.key_pool import KeyPool
 from picoseg.contrast.key_selection import KeySelection, select_keys
-from picoseg.contrast.loss import (
-    ContrastOutput,
-    PixelContrastLoss,
-    gathered_similarity,
-    info_nce,
-    info_nce_indexed,
-)
+from picoseg.contrast.loss import ContrastOutput, PixelContrastLoss
 from picoseg.contrast.memory import (
     MemoryBank,
     MemoryBankCallback,
