@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
@@ -23,6 +21,8 @@ from picoseg.metrics import confusion_metric, iou_from_confusion
 from picoseg.models.output import SegmentationOutput
 from picoseg.models.segmentor import Segmentor
 from picoseg.optim import parameter_groups
+from picoseg.random_state import RandomStateCallback
+from picoseg.wandb_run import WandbRunId
 
 if TYPE_CHECKING:
     from picoseg.contrast import ContrastOutput, MemoryBank, PixelContrastLoss
@@ -38,47 +38,6 @@ def _contrast_channels(network: nn.Module) -> int:
     """
     channels = getattr(network, "contrast_channels", None)
     return network.feature_channels if channels is None else channels
-
-
-def global_rng_state() -> dict[str, Any]:
-    """The global random states of torch (CPU, and the current CUDA device once CUDA is in use),
-    NumPy and Python.
-
-    Only tensors and plain Python values, so checkpoints holding it load with
-    ``torch.load(weights_only=True)``. :func:`set_global_rng_state` restores it.
-    """
-    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "position": int(position),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
-        "python": random.getstate(),
-    }
-
-
-def set_global_rng_state(state: dict[str, Any]) -> None:
-    """Restores a :func:`global_rng_state` (the CUDA state into the current CUDA device, when
-    there is one; every DDP rank receives the state rank 0 saved)."""
-    torch.set_rng_state(state["torch"].cpu())
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"].cpu())
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["position"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 def masked_cross_entropy(
@@ -378,11 +337,15 @@ class SegmentationSystem(L.LightningModule):
         self.last_val_scores = {k: v.cpu() for k, v in {**scores, "confusion": confusion}.items()}
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """The memory-bank callback, attached by the module itself whenever it has a memory, so
-        no trainer configuration (e.g. a replaced ``callbacks`` group) can leave the memory
-        silently empty. Lightning puts it in place of any ``MemoryBankCallback`` the trainer
-        was given, so there is never a second push."""
-        return [MemoryBankCallback()] if self.memory is not None else []
+        """The callbacks the module's training cannot do without, attached by the module itself
+        so that no trainer configuration (e.g. a replaced ``callbacks`` group) leaves them out:
+        the random states in checkpoints (:mod:`picoseg.random_state`), the W&B run id
+        (:mod:`picoseg.wandb_run`) and, with a memory, the memory-bank push. Lightning puts them
+        in place of any of the same type the trainer was given, so none runs twice."""
+        callbacks: list[L.Callback] = [RandomStateCallback(), WandbRunId()]
+        if self.memory is not None:
+            callbacks.append(MemoryBankCallback())
+        return callbacks
 
     def configure_optimizers(self) -> Any:
         backbone = getattr(self.network, "backbone", None)
@@ -416,45 +379,14 @@ class SegmentationSystem(L.LightningModule):
             if getattr(module, "_compiled_call_impl", None) is None:
                 module.compile(**self.compile_options)
 
-    def rng_state(self) -> dict[str, Any]:
-        """The random states a resumed fit needs: global generators, and the sampler's and the
-        synthesis's own generators (those exist only when they are given a ``seed``)."""
-        state: dict[str, Any] = {"global": global_rng_state()}
-        for name, holder in self._rng_holders().items():
-            state[name] = holder.rng_state()
-        return state
-
-    def load_rng_state(self, state: dict[str, Any]) -> None:
-        """Restores a :meth:`rng_state`."""
-        set_global_rng_state(state["global"])
-        for name, holder in self._rng_holders().items():
-            if name in state:
-                holder.load_rng_state(state[name])
-
-    def _rng_holders(self) -> dict[str, Any]:
-        holders = {}
-        for name in ("sampler", "synthesis"):
-            holder = getattr(self.contrast, name, None)
-            if hasattr(holder, "rng_state"):
-                holders[name] = holder
-        return holders
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint["picoseg_config"] = self.run_config
         checkpoint["picoseg_skipped_steps"] = self.skipped_steps
-        checkpoint["picoseg_rng"] = self.rng_state()
-        # The W&B run this training logs to, so that resuming from the checkpoint continues it.
-        for logger in self.trainer.loggers if self._trainer is not None else ():
-            # (on other DDP ranks the experiment is a dummy without a real id)
-            if type(logger).__name__ == "WandbLogger" and isinstance(logger.version, str):
-                checkpoint["picoseg_wandb_run_id"] = logger.version
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Only when resuming a fit: validating or testing a checkpoint leaves the random
-        # states and the counter of the current run alone.
+        # Only when resuming a fit: validating or testing a checkpoint leaves the counter of
+        # the current run alone.
         if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
             return
         self.skipped_steps = int(checkpoint.get("picoseg_skipped_steps", 0))
-        if "picoseg_rng" in checkpoint:
-            self.load_rng_state(checkpoint["picoseg_rng"])

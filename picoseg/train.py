@@ -32,6 +32,7 @@ from picoseg.inference import inference_settings, is_single_whole_pass
 from picoseg.preemption import SaveOnPreemption, clear_preemption, preempted_checkpoint
 from picoseg.report import write_report
 from picoseg.system import SegmentationSystem
+from picoseg.wandb_run import checkpoint_wandb_run_id
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +71,6 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
             "exists; give the checkpoint file, or hydra.run.dir=<the run to resume>"
         )
     return str(max(siblings, key=lambda p: p.stat().st_mtime))
-
-
-def checkpoint_wandb_run_id(ckpt_path: str) -> str | None:
-    """The id of the W&B run that wrote a picoseg checkpoint, or None (no W&B logger, a URL, or
-    a checkpoint from before picoseg recorded it)."""
-    if "://" in ckpt_path:
-        return None
-    run_id = load_checkpoint(ckpt_path).get("picoseg_wandb_run_id")
-    return str(run_id) if run_id else None
 
 
 def _instantiate_logger(config: DictConfig, ckpt_path: str | None) -> Any:

@@ -18,6 +18,7 @@ from omegaconf import open_dict
 from picoseg.contrast import NegativeSynthesis, PixelContrastLoss, PixelSampler
 from picoseg.models import Backbone, ProjectionHead, Segmentor
 from picoseg.models.heads import FCNHead
+from picoseg.random_state import RandomStateCallback, load_rng_state, rng_state
 from picoseg.system import SegmentationSystem
 from picoseg.train import resolve_ckpt_path, train
 
@@ -81,13 +82,13 @@ def test_rng_state_restores_global_sampler_and_synthesis_generators_in_a_new_sys
     system = _contrast_system()
     _draws(system)  # the private generators exist and have moved on from their seeds
     buffer = io.BytesIO()
-    torch.save(system.rng_state(), buffer)  # as a checkpoint holds it
+    torch.save(rng_state(system), buffer)  # as a checkpoint holds it
     expected = _draws(system)
     _draws(system)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)  # what Lightning's resume loads
     resumed = _contrast_system()  # a new process: fresh generators seeded from the config
-    resumed.load_rng_state(state)
+    load_rng_state(resumed, state)
     _assert_same_draws(_draws(resumed), expected)
     # Without the state, the fresh system would start again from the seeds: different draws.
     fresh = _contrast_system()
@@ -95,16 +96,37 @@ def test_rng_state_restores_global_sampler_and_synthesis_generators_in_a_new_sys
 
 
 def test_loading_a_checkpoint_outside_fit_leaves_the_random_state_alone():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
     system = _contrast_system()
     checkpoint: dict = {}
     system.skipped_steps = 3
     system.on_save_checkpoint(checkpoint)
-    assert checkpoint["picoseg_skipped_steps"] == 3
+    callback = RandomStateCallback()
+    callback.on_save_checkpoint(None, system, checkpoint)
+    assert checkpoint["picoseg_skipped_steps"] == 3 and "global" in checkpoint["picoseg_rng"]
     other = _contrast_system()
     torch.rand(2)
     before = torch.get_rng_state()
     other.on_load_checkpoint(checkpoint)  # no trainer: e.g. evaluation tools
+    validating = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.VALIDATING))
+    callback.on_load_checkpoint(validating, other, checkpoint)
     assert torch.equal(torch.get_rng_state(), before) and other.skipped_steps == 0
+    fitting = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING))
+    callback.on_load_checkpoint(fitting, other, checkpoint)  # a resumed fit: restored
+    assert torch.equal(torch.get_rng_state(), checkpoint["picoseg_rng"]["global"]["torch"])
+
+
+def test_the_system_attaches_the_callbacks_its_training_needs():
+    from picoseg.contrast import MemoryBank, MemoryBankCallback
+    from picoseg.wandb_run import WandbRunId
+
+    system = _contrast_system()
+    assert [type(c) for c in system.configure_callbacks()] == [RandomStateCallback, WandbRunId]
+    system.memory = MemoryBank(3, 8, 5, 5, 2)
+    assert MemoryBankCallback in [type(c) for c in system.configure_callbacks()]
 
 
 # debug=fast with its random crops, flips and colour jitter: the data order and the
