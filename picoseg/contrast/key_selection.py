@@ -134,7 +134,7 @@ def select_keys(
         A :class:`KeySelection` with ``min(K_pos, max_count) + min(K_neg, M)`` columns per anchor
         (semi-hard: ``min(K_pos, ceil(q max_count)) + min(K_neg, ceil(q M))``), positives first.
     """
-    if strategy not in ("hardest", "semi_hard", "random"):
+    if strategy not in _STRATEGIES:
         raise ValueError(f"select_keys: unknown key strategy {strategy!r}")
     if not 0.0 < semi_hard_fraction <= 1.0:
         raise ValueError(
@@ -143,12 +143,8 @@ def select_keys(
     device = anchors.device
     num_anchors = anchors.shape[0]
     size = pool.size
-    max_count = max(pool.max_count, 0) if size > 0 else 0
-    k_pos = min(num_positives, max_count)
-    k_neg = min(num_negatives, size)
-    k_hard = min(num_hard, size)
-    empty_long = torch.zeros(num_anchors, 0, dtype=torch.long, device=device)
     if size == 0 or num_anchors == 0:
+        empty_long = torch.zeros(num_anchors, 0, dtype=torch.long, device=device)
         zero_f = torch.zeros(num_anchors, 0, device=device)
         zero_b = torch.zeros(num_anchors, 0, dtype=torch.bool, device=device)
         return KeySelection(empty_long, zero_f, zero_b, zero_b, empty_long, zero_f, zero_b)
@@ -160,28 +156,11 @@ def select_keys(
         class_index = torch.where(has_class, labels, 0)
         own_offset = pool.class_offset[class_index]
         own_count = torch.where(has_class, pool.class_count[class_index], 0)
-        neg_count = torch.where(has_class, size - own_count, 0)
-        pos_count = own_count
-
-        # Negative pool sizes and the static k of the big topk.
-        if strategy == "semi_hard":
-            neg_pool = _pool_size(neg_count, semi_hard_fraction)
-            k_big = min(size, math.ceil(semi_hard_fraction * size))
-            pos_pool = _pool_size(pos_count, semi_hard_fraction)
-            k_pos_big = min(max_count, math.ceil(semi_hard_fraction * max_count))
-            hard_from_big = k_hard > 0 and (
-                math.ceil(semi_hard_fraction * (size - max_count)) >= k_hard
-            )
-            # Dummies (+inf) that push all but the pool out of the top k_big (see docstring).
-            neg_dummies = torch.where(has_class, k_big - neg_pool, 0)
-        else:
-            k_big = k_neg
-            k_pos_big = k_pos
-            pos_pool = pos_count
-            hard_from_big = strategy == "hardest" and 0 < k_hard <= k_neg
-            neg_dummies = torch.zeros_like(neg_count)
-        k_pos = min(k_pos, k_pos_big)
-        k_neg = min(k_neg, k_big)
+        rule = _STRATEGIES[strategy]
+        plan = rule.plan(
+            pool, own_count, has_class, num_positives, num_negatives, num_hard, semi_hard_fraction
+        )
+        k_pos, k_neg, k_hard = plan.k_pos, plan.k_neg, plan.k_hard
 
         columns_out = torch.zeros(num_anchors, k_pos + k_neg, dtype=torch.long, device=device)
         sims_out = torch.zeros(num_anchors, k_pos + k_neg, device=device)
@@ -191,91 +170,44 @@ def select_keys(
 
         # Per block of anchors (temporaries of a block stay small enough to be recycled by the
         # allocator): similarities, own-class columns, positive and negative selection.
-        block = max(1, min(num_anchors, block_elements // size))
-        buffer = torch.empty(block, size, device=device)
-        noise_buffer = torch.empty(block, size, device=device) if strategy == "random" else None
-        own_range = torch.arange(max_count, device=device).unsqueeze(0)
-        for start in range(0, num_anchors, block):
-            stop = min(num_anchors, start + block)
-            rows = stop - start
-            sims = buffer[:rows]
-            for row_start, length, column_start in pool.runs:
-                chunk = pool.storage[row_start : row_start + length]
-                if length == size:
-                    torch.mm(anchors[start:stop], chunk.T, out=sims)
-                else:
-                    sims[:, column_start : column_start + length] = anchors[start:stop] @ chunk.T
-            # Own-class columns (rows, max_count). Slots past the class's count repeat its last
-            # column; for a class absent from the pool they point at some column whose value is
-            # written back unchanged.
-            count = own_count[start:stop].unsqueeze(1)
-            in_own = own_range < count
-            rank = torch.minimum(own_range, (count - 1).clamp(min=0))
-            columns = (own_offset[start:stop].unsqueeze(1) + rank).clamp(max=size - 1)
-            own_sims = torch.gather(sims, 1, columns)
-
+        rows_per_block = max(1, min(num_anchors, block_elements // size))
+        buffer = torch.empty(rows_per_block, size, device=device)
+        scratch = torch.empty(rows_per_block, size, device=device) if rule.needs_scratch else None
+        own_range = torch.arange(max(pool.max_count, 0), device=device).unsqueeze(0)
+        for start in range(0, num_anchors, rows_per_block):
+            stop = min(num_anchors, start + rows_per_block)
+            block = _block(
+                anchors[start:stop], pool, buffer, own_offset[start:stop], own_count[start:stop],
+                own_range, slice(start, stop),
+            )  # fmt: skip
             if k_pos > 0:
-                if strategy == "random":
-                    noise = torch.rand(own_sims.shape, device=device, generator=generator)
-                    scores = torch.where(in_own, noise, -math.inf)
-                else:
-                    scores = torch.where(in_own, -own_sims, -math.inf)
-                if strategy == "semi_hard":
-                    # Dummies in the free slots past the count (there are always enough).
-                    dummies = (k_pos_big - pos_pool[start:stop]).unsqueeze(1) + count
-                    scores = torch.where(in_own | (own_range >= dummies), scores, math.inf)
-                    values, index = torch.topk(scores, k_pos_big, dim=1, sorted=False)
-                    pick, chosen_valid = _random_subset(values, k_pos, generator)
-                    chosen = torch.gather(index, 1, pick)
-                else:
-                    values, chosen = torch.topk(scores, k_pos, dim=1, sorted=False)
-                    chosen_valid = values > -_REAL
-                columns_out[start:stop, :k_pos] = torch.gather(columns, 1, chosen)
-                sims_out[start:stop, :k_pos] = torch.gather(own_sims, 1, chosen)
+                chosen, chosen_valid = rule.positives(block, plan, generator)
+                columns_out[start:stop, :k_pos] = torch.gather(block.columns, 1, chosen)
+                sims_out[start:stop, :k_pos] = torch.gather(block.own_sims, 1, chosen)
                 valid_out[start:stop, :k_pos] = chosen_valid
             if k_neg == 0 and k_hard == 0:
                 continue
-
-            # Negatives: -inf on the own class, except +inf on its first ``neg_dummies`` columns
-            # (semi-hard): the top k_big of a row are then the dummies plus the anchor's pool.
-            present = count > 0
-            keep = torch.where(present, -math.inf, own_sims)
-            if k_hard > 0 and not hard_from_big:
-                sims.scatter_(1, columns, keep)
-                values, index = torch.topk(sims, k_hard, dim=1, sorted=False)
+            # The anchor's own class leaves the negatives (-inf), or is a +inf dummy (semi-hard).
+            keep = torch.where(block.present, -math.inf, block.own_sims)
+            if k_hard > 0 and not plan.hard_from_big:
+                block.sims.scatter_(1, block.columns, keep)
+                values, index = torch.topk(block.sims, k_hard, dim=1, sorted=False)
                 hard_columns[start:stop] = index
                 hard_sims[start:stop] = values
-            if strategy == "random":
-                assert noise_buffer is not None
-                scores = noise_buffer[:rows]
-                torch.rand(scores.shape, out=scores, generator=generator)
-                current = torch.gather(scores, 1, columns)
-                scores.scatter_(1, columns, torch.where(present, -math.inf, current))
-            else:
-                scores = sims
-                if strategy == "semi_hard":
-                    dummies = neg_dummies[start:stop].unsqueeze(1)
-                    keep = torch.where(present & (rank < dummies), math.inf, keep)
-                scores.scatter_(1, columns, keep)
-            if k_neg == 0 and not hard_from_big:
+            scores = rule.negative_scores(block, keep, plan, scratch, generator)
+            if k_neg == 0 and not plan.hard_from_big:
                 continue
-            values, index = torch.topk(scores, k_big, dim=1, sorted=False)
-            if hard_from_big:
+            values, index = torch.topk(scores, plan.k_big, dim=1, sorted=False)
+            if plan.hard_from_big:
                 real_values = torch.where(values < _REAL, values, -math.inf)
                 top_values, top_index = torch.topk(real_values, k_hard, dim=1, sorted=False)
                 hard_columns[start:stop] = torch.gather(index, 1, top_index)
                 hard_sims[start:stop] = top_values
             if k_neg == 0:
                 continue
-            if strategy == "semi_hard":
-                pick, chosen_valid = _random_subset(values, k_neg, generator)
-                chosen = torch.gather(index, 1, pick)
-                chosen_sims = torch.gather(values, 1, pick)
-            elif strategy == "random":
-                chosen, chosen_valid = index, values > -_REAL
-                chosen_sims = torch.gather(sims, 1, chosen)
-            else:
-                chosen, chosen_valid, chosen_sims = index, values > -_REAL, values
+            chosen, chosen_sims, chosen_valid = rule.negatives(
+                block, values, index, plan, generator
+            )
             columns_out[start:stop, k_pos:] = chosen
             sims_out[start:stop, k_pos:] = chosen_sims
             valid_out[start:stop, k_pos:] = chosen_valid
@@ -293,3 +225,179 @@ def select_keys(
             hard_similarity=torch.where(hard_valid, hard_sims, 0.0),
             hard_valid=hard_valid,
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# The shared block, and one rule per key strategy
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """Sizes of one selection. ``k_big``: the k of the negatives' ``topk`` (the semi-hard pool
+    bound, else K_neg); ``k_pos_big`` the same for positives; ``pos_pool`` (N,) and
+    ``neg_dummies`` (N,) the per-anchor semi-hard pool sizes and dummy counts."""
+
+    k_pos: int
+    k_neg: int
+    k_hard: int
+    k_big: int
+    k_pos_big: int
+    hard_from_big: bool
+    pos_pool: Tensor
+    neg_dummies: Tensor
+
+
+@dataclass
+class _Block:
+    """One block of anchors: their similarities to every pool column and their own class."""
+
+    sims: Tensor  # (n, M) similarities to every column (modified in place by the selection)
+    own_sims: Tensor  # (n, max_count) similarities to the own-class columns
+    columns: Tensor  # (n, max_count) own-class columns (repeated past the class's count)
+    in_own: Tensor  # (n, max_count) bool, slot holds an own-class key
+    rank: Tensor  # (n, max_count) slot index, clamped to the class's count
+    count: Tensor  # (n, 1) own-class keys
+    present: Tensor  # (n, 1) bool, the class has keys
+    own_range: Tensor  # (1, max_count) slot indices
+    rows: slice  # the block's anchors
+
+
+def _block(
+    anchors: Tensor,
+    pool: KeyPool,
+    buffer: Tensor,
+    own_offset: Tensor,
+    own_count: Tensor,
+    own_range: Tensor,
+    rows: slice,
+) -> _Block:
+    """Similarities of a block of anchors to the pool (one matrix product per contiguous run of
+    storage rows) and their own-class columns. Slots past a class's count repeat its last
+    column; for a class absent from the pool they point at some column whose value is written
+    back unchanged."""
+    size = pool.size
+    sims = buffer[: anchors.shape[0]]
+    for row_start, length, column_start in pool.runs:
+        chunk = pool.storage[row_start : row_start + length]
+        if length == size:
+            torch.mm(anchors, chunk.T, out=sims)
+        else:
+            sims[:, column_start : column_start + length] = anchors @ chunk.T
+    count = own_count.unsqueeze(1)
+    rank = torch.minimum(own_range, (count - 1).clamp(min=0))
+    columns = (own_offset.unsqueeze(1) + rank).clamp(max=size - 1)
+    return _Block(
+        sims=sims,
+        own_sims=torch.gather(sims, 1, columns),
+        columns=columns,
+        in_own=own_range < count,
+        rank=rank,
+        count=count,
+        present=count > 0,
+        own_range=own_range,
+        rows=rows,
+    )
+
+
+class _Hardest:
+    """The K most similar negatives and the K least similar positives."""
+
+    needs_scratch = False
+    scores_are_similarities = True
+
+    def plan(self, pool, own_count, has_class, k_pos, k_neg, k_hard, fraction) -> _Plan:
+        max_count = max(pool.max_count, 0)
+        k_pos, k_neg, k_hard = min(k_pos, max_count), min(k_neg, pool.size), min(k_hard, pool.size)
+        return _Plan(
+            k_pos=k_pos,
+            k_neg=k_neg,
+            k_hard=k_hard,
+            k_big=k_neg,
+            k_pos_big=k_pos,
+            # The K most similar negatives contain the H most similar when K >= H; random
+            # negatives do not.
+            hard_from_big=self.scores_are_similarities and 0 < k_hard <= k_neg,
+            pos_pool=own_count,
+            neg_dummies=torch.zeros_like(own_count),
+        )
+
+    def positive_scores(self, block: _Block, generator: torch.Generator | None) -> Tensor:
+        return torch.where(block.in_own, -block.own_sims, -math.inf)
+
+    def positives(self, block: _Block, plan: _Plan, generator: torch.Generator | None):
+        scores = self.positive_scores(block, generator)
+        values, chosen = torch.topk(scores, plan.k_pos, dim=1, sorted=False)
+        return chosen, values > -_REAL
+
+    def negative_scores(self, block, keep, plan, scratch, generator) -> Tensor:
+        block.sims.scatter_(1, block.columns, keep)
+        return block.sims
+
+    def negatives(self, block, values, index, plan, generator):
+        return index, values, values > -_REAL
+
+
+class _SemiHard(_Hardest):
+    """The ceil(q n) hardest candidates of a kind, then K of them at random."""
+
+    def plan(self, pool, own_count, has_class, k_pos, k_neg, k_hard, fraction) -> _Plan:
+        size, max_count = pool.size, max(pool.max_count, 0)
+        k_hard = min(k_hard, size)
+        neg_count = torch.where(has_class, size - own_count, 0)
+        k_big = min(size, math.ceil(fraction * size))
+        k_pos_big = min(max_count, math.ceil(fraction * max_count))
+        return _Plan(
+            k_pos=min(k_pos, max_count, k_pos_big),
+            k_neg=min(k_neg, size, k_big),
+            k_hard=k_hard,
+            k_big=k_big,
+            k_pos_big=k_pos_big,
+            hard_from_big=k_hard > 0 and math.ceil(fraction * (size - max_count)) >= k_hard,
+            pos_pool=_pool_size(own_count, fraction),
+            # Dummies (+inf) that push all but the pool out of the top k_big (see select_keys).
+            neg_dummies=torch.where(has_class, k_big - _pool_size(neg_count, fraction), 0),
+        )
+
+    def positives(self, block: _Block, plan: _Plan, generator: torch.Generator | None):
+        scores = self.positive_scores(block, generator)
+        # Dummies in the free slots past the count (there are always enough).
+        dummies = (plan.k_pos_big - plan.pos_pool[block.rows]).unsqueeze(1) + block.count
+        scores = torch.where(block.in_own | (block.own_range >= dummies), scores, math.inf)
+        values, index = torch.topk(scores, plan.k_pos_big, dim=1, sorted=False)
+        pick, chosen_valid = _random_subset(values, plan.k_pos, generator)
+        return torch.gather(index, 1, pick), chosen_valid
+
+    def negative_scores(self, block, keep, plan, scratch, generator) -> Tensor:
+        dummies = plan.neg_dummies[block.rows].unsqueeze(1)
+        keep = torch.where(block.present & (block.rank < dummies), math.inf, keep)
+        block.sims.scatter_(1, block.columns, keep)
+        return block.sims
+
+    def negatives(self, block, values, index, plan, generator):
+        pick, chosen_valid = _random_subset(values, plan.k_neg, generator)
+        return torch.gather(index, 1, pick), torch.gather(values, 1, pick), chosen_valid
+
+
+class _Random(_Hardest):
+    """K candidates of each kind uniformly at random: random scores in place of similarities."""
+
+    needs_scratch = True
+    scores_are_similarities = False
+
+    def positive_scores(self, block: _Block, generator: torch.Generator | None) -> Tensor:
+        noise = torch.rand(block.own_sims.shape, device=block.sims.device, generator=generator)
+        return torch.where(block.in_own, noise, -math.inf)
+
+    def negative_scores(self, block, keep, plan, scratch, generator) -> Tensor:
+        scores = scratch[: block.sims.shape[0]]
+        torch.rand(scores.shape, out=scores, generator=generator)
+        current = torch.gather(scores, 1, block.columns)
+        scores.scatter_(1, block.columns, torch.where(block.present, -math.inf, current))
+        return scores
+
+    def negatives(self, block, values, index, plan, generator):
+        return index, torch.gather(block.sims, 1, index), values > -_REAL
+
+
+_STRATEGIES = {"hardest": _Hardest(), "semi_hard": _SemiHard(), "random": _Random()}
