@@ -12,6 +12,9 @@ negatives form each denominator (the other positives do not). The loss is
 (still attached to the graph) when there is none. Written with ``softplus`` and a log-sum-exp, it
 never overflows and never produces a NaN, whatever the number of positives or negatives.
 
+It is one formula written for three inputs, kept together (and so over 500 lines) so that the
+formula and its numerics are read and tested once.
+
 Ways in:
 
 - :func:`info_nce`: dense keys. Small key sets (at most ``chunk_size``) go through plain autograd

@@ -1,4 +1,4 @@
-"""A callback for tests/end_to_end/test_ddp_training.py: every rank records what it trained on and holds.
+"""A callback for test_ddp_training.py (beside it): every rank records what it trained on and holds.
 
 The test runs ``python -m picoseg.train`` with this module on ``PYTHONPATH`` and adds the callback
 with ``+callbacks.dump._target_=ddp_dump.DumpRankState +callbacks.dump.path=<dir>``. Each rank
