@@ -154,6 +154,7 @@ class LastCheckpoint(ModelCheckpoint):
             save_top_k=1,
             every_n_train_steps=int(every_n_train_steps) or None,
             auto_insert_metric_name=False,
+            enable_version_counter=False,  # always last.ckpt, never last-v1.ckpt
         )
 
     def on_save_checkpoint(
@@ -164,6 +165,22 @@ class LastCheckpoint(ModelCheckpoint):
         for logger in trainer.loggers:
             logger.save()
         return super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Step saves, except after an epoch's last batch: the epoch-end save follows it. A fit
+        resumed from that batch's checkpoint leaves Lightning's epoch counters one behind for
+        the next epoch, so the checkpoints written during it would resume that epoch from its
+        start (measured: one extra batch per such resume)."""
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def _save_latest(self, trainer: L.Trainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer):

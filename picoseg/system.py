@@ -255,7 +255,7 @@ class SegmentationSystem(L.LightningModule):
             result = {
                 "projections": projections.detach(),
                 "embedding_labels": embedding_labels,
-                "regions": contrast.regions,
+                "regions": getattr(contrast, "regions", None),  # a custom loss may have none
             }
         log("train/loss", loss)
         groups = self.trainer.optimizers[0].param_groups

@@ -44,3 +44,15 @@ def test_a_new_run_in_an_empty_folder_logs_as_lightnings(tmp_path):
     logger.log_metrics({"a": 1.0}, step=0)
     logger.save()
     assert _rows(tmp_path / "csv" / "metrics.csv") == [{"a": "1.0", "step": "0"}]
+
+
+def test_the_earlier_rows_are_on_disk_from_the_moment_a_resumed_process_opens_the_log(tmp_path):
+    first = CSVLogger(tmp_path, name="csv", version="")
+    first.log_metrics({"train/loss": 1.0}, step=0)
+    first.save()
+    path = tmp_path / "csv" / "metrics.csv"
+    resumed = CSVLogger(tmp_path, name="csv", version="")
+    resumed.experiment  # noqa: B018 -- Lightning's writer deletes metrics.csv when it is made
+    # A process killed now, before its first flush, leaves the earlier rows in place.
+    assert [(r["step"], r["train/loss"]) for r in _rows(path)] == [("0", "1.0")]
+    assert not list(path.parent.glob("*.tmp*"))  # written through a temporary file, renamed

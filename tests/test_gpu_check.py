@@ -30,6 +30,7 @@ def test_gpu_check_script_runs_ce_and_pico_on_the_cpu():
     )
     assert [loss for loss, _, _ in lines] == ["ce", "pico"]
     for _, step, images in lines:
-        # images/s is the batch over the median step time
-        assert float(images) == pytest.approx(2 / float(step), rel=0.05)
+        # images/s is the batch over the median step time, printed with one decimal (on a busy
+        # machine a step takes seconds, and the rounding is then most of the difference)
+        assert abs(float(images) - 2 / float(step)) <= 0.05 + 0.05 * 2 / float(step)
     assert "| default | pico |" in proc.stdout and "(3 steps)" in proc.stdout

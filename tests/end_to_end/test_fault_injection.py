@@ -77,12 +77,14 @@ def _temporaries(folder: Path) -> list[Path]:
 
 
 def _kill_during_write(proc: subprocess.Popen, folder: Path, deadline: float) -> bool:
-    """SIGKILL the moment a temporary checkpoint file appears; True if it was still there."""
+    """SIGKILL the moment this process's temporary checkpoint file appears (not one an earlier
+    kill left); True if it was still there after the kill."""
+    own = folder / f".last.ckpt.tmp{proc.pid}"
     while time.monotonic() < deadline and proc.poll() is None:
-        if _temporaries(folder):
+        if own.exists():
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            return bool(_temporaries(folder))
+            return own.exists()
         time.sleep(0.0005)
     return False
 
@@ -148,8 +150,21 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         for field, value in state.items():
             assert torch.equal(torch.as_tensor(b_opt["state"][key][field]), torch.as_tensor(value))
     assert b["lr_schedulers"] == a["lr_schedulers"]
-    # The logs of the stopped processes were kept, and the replayed steps logged once.
-    for key in ("val/miou", "train/loss", "train/nce"):
-        assert _series(killed, key) == _series(reference, key), key
+    # The logs of the stopped processes were kept, and the replayed steps logged once. Lightning
+    # hands a step's training metrics to the loggers after that step's checkpoint is written,
+    # so a kill before the next flush can lose that one row (at most one per kill); every row
+    # that is there equals the uninterrupted run's, and so does every validation.
+    assert _series(killed, "val/miou") == _series(reference, "val/miou")
+    for key in ("train/loss", "train/nce"):
+        kept, expected = _series(killed, key), dict(_series(reference, key))
+        assert [step for step, _ in kept] == sorted({step for step, _ in kept}), key
+        assert all(expected[step] == value for step, value in kept), key
+        assert len(expected) - len(kept) <= len(kills), key
     assert len(_series(reference, "val/miou")) == EPOCHS + 1  # and train()'s final validation
     assert not _temporaries(folder)  # the killed writes' temporary files were cleaned up
+    # The resumed runs replaced best.ckpt and last.ckpt (no best-v1.ckpt beside a stale one),
+    # and the best checkpoints hold the same weights.
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    a_best = load_checkpoint(reference / "checkpoints" / "best.ckpt")["state_dict"]
+    b_best = load_checkpoint(folder / "best.ckpt")["state_dict"]
+    assert all(torch.equal(b_best[name], tensor) for name, tensor in a_best.items())
