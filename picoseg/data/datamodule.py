@@ -181,11 +181,17 @@ class SegmentationDataModule(L.LightningDataModule):
                 split=self.val_split, transform=self.eval_transform
             )
 
-    def _loader(self, dataset: Dataset | None, what: str, **kwargs: Any) -> DataLoader:
+    def _loader(
+        self,
+        dataset: Dataset | None,
+        what: str,
+        loader_class: type[DataLoader] = DataLoader,
+        **kwargs: Any,
+    ) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{what} dataset is not built: call setup() first")
         workers = self.num_workers
-        return DataLoader(
+        return loader_class(
             dataset,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -203,16 +209,13 @@ class SegmentationDataModule(L.LightningDataModule):
         if self.train_dataset is None:
             raise RuntimeError("training dataset is not built: call setup() first")
         assert self.seed is not None
-        workers = self.num_workers
-        loader = ResumableLoader(
+        loader = self._loader(
             self.train_dataset,
+            "training",
+            ResumableLoader,
             batch_size=self.batch_size,
             sampler=EpochSampler(self.train_dataset, seed=self.seed),
             drop_last=True,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            worker_init_fn=_worker_init if workers > 0 else None,
-            pin_memory=torch.cuda.is_available(),
             # Its own generator for the worker seeds leaves torch's global one alone, so a
             # resumed fit's random draws follow the restored global state as the original's did.
             generator=torch.Generator().manual_seed(self.seed),
