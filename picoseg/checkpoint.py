@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -33,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 if TYPE_CHECKING:
     from picoseg.system import SegmentationSystem
 
-__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "load_checkpoint", "load_run"]
+__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "atomic_file", "load_checkpoint", "load_run"]
 
 #: Keys every checkpoint written by ``picoseg.train`` holds.
 REQUIRED_KEYS = ("state_dict", "picoseg_config")
@@ -101,17 +103,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            with open(temporary, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        with atomic_file(path, "wb") as file:
+            torch.save(checkpoint, file)
         _remove_orphans(path)
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "wb", **open_args: Any) -> Iterator[IO[Any]]:
+    """Open a hidden temporary file beside ``path`` (``.<name>.tmp<pid>``) for writing; on a
+    clean exit flush it to disk and rename it over ``path``, on an error remove it. Readers see
+    the old file or the new one, never a part of it."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(temporary, mode, **open_args) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _remove_orphans(path: Path) -> None:
@@ -194,7 +206,9 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save at the end of every training epoch, after its validation."""
         if self._last_global_step_saved == trainer.global_step:
-            self._last_global_step_saved = -1  # a step save of this step came before the epoch end
+            # A save of this step came before the epoch end (a step save when training stops
+            # mid-epoch, or a validation inside the epoch): save the epoch's end over it.
+            self._last_global_step_saved = -1
         self._save_latest(trainer)
 
 

@@ -18,6 +18,8 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from picoseg.checkpoint import atomic_file
+
 __all__ = ["CSVLogger"]
 
 
@@ -76,9 +78,7 @@ class CSVLogger(LightningCSVLogger):
     def _write(self, rows: list[dict[str, Any]]) -> None:
         keys = sorted({key for row in rows for key in row})
         os.makedirs(self.log_dir, exist_ok=True)
-        temporary = f"{self._metrics_path}.tmp{os.getpid()}"
-        with open(temporary, "w", newline="") as file:
+        with atomic_file(self._metrics_path, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=keys)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(temporary, self._metrics_path)
