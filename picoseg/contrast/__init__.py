@@ -1,5 +1,6 @@
 """PiCo's pixel contrast, usable without Lightning: loss, samplers, synthesis and memory bank."""
 
+from picoseg.contrast.all_keys import AllKeys, all_keys
 from picoseg.contrast.anchors import AnchorSample, sample_anchors, sample_group_pixels
 from picoseg.contrast.info_nce import gathered_similarity, info_nce, info_nce_indexed
 from picoseg.contrast.key_pool import KeyPool
@@ -21,6 +22,7 @@ from picoseg.contrast.synthesis import (
 )
 
 __all__ = [
+    "AllKeys",
     "AnchorSample",
     "ContrastOutput",
     "KeyPool",
@@ -32,6 +34,7 @@ __all__ = [
     "PixelContrastLoss",
     "PixelSampler",
     "SynthesisPlan",
+    "all_keys",
     "gather_and_push",
     "gathered_similarity",
     "info_nce",

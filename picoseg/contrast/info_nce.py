@@ -26,7 +26,9 @@ Ways in:
   ``embedding_bag``, so no (N, K, D) tensor is built.
 - :func:`per_anchor_info_nce`: the per-anchor losses of dense keys plus an extra block of
   similarities with explicit positive / negative masks (selected memory keys, synthesised
-  negatives), keyword arguments only; what :class:`~picoseg.contrast.PixelContrastLoss` calls.
+  negatives), and optionally a log-sum-exp of negatives computed elsewhere (every memory key,
+  :mod:`picoseg.contrast.all_keys`), keyword arguments only; what
+  :class:`~picoseg.contrast.PixelContrastLoss` calls.
 """
 
 from __future__ import annotations
@@ -75,7 +77,11 @@ def label_masks(
 
 
 def _per_anchor_from_logits(
-    logits: Tensor, positive: Tensor, negative: Tensor, group: Tensor | None
+    logits: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    group: Tensor | None,
+    negative_lse: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-anchor ``L_i`` from a (N, L) logit block (plain autograd).
 
@@ -85,6 +91,8 @@ def _per_anchor_from_logits(
         negative: (N, L) bool, disjoint from ``positive``.
         group: optional (N, L) bool; the part of ``L_i`` coming from these positives is returned
             too (for logging).
+        negative_lse: optional (N,) log-sum-exp of further negative logits computed elsewhere
+            (-inf: none), joined to the block's.
 
     Returns:
         ``loss`` (N,) (0 for invalid anchors), ``group_loss`` (N,) detached, ``valid`` (N,) bool.
@@ -98,10 +106,17 @@ def _per_anchor_from_logits(
     shift = torch.where(torch.isfinite(shift), shift, 0.0)
     negative_sum = torch.exp(negative_logits - shift).sum(1)
     lse = torch.log(negative_sum.clamp_min(_TINY)) + shift.squeeze(1)
+    has_negative = negative.any(1)
+    if negative_lse is not None:
+        elsewhere = torch.isfinite(negative_lse)
+        other = torch.where(elsewhere, negative_lse, 0.0)
+        joined = torch.where(has_negative, torch.logaddexp(lse, other), other)
+        lse = torch.where(elsewhere, joined, lse)
+        has_negative = has_negative | elsewhere
     terms = F.softplus(lse.unsqueeze(1) - logits)
     positive_terms = torch.where(positive, terms, 0.0)
     num_positive = positive.sum(1)
-    valid = (num_positive > 0) & negative.any(1)
+    valid = (num_positive > 0) & has_negative
     denominator = num_positive.clamp(min=1)
     loss = torch.where(valid, positive_terms.sum(1) / denominator, 0.0)
     if group is None:
@@ -286,13 +301,17 @@ def per_anchor_info_nce(
     extra_positive: Tensor | None = None,
     extra_negative: Tensor | None = None,
     extra_group: Tensor | None = None,
+    negative_lse: Tensor | None = None,
     chunk_size: int = 1 << 30,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``L_i`` (N,), its part from ``group`` positives (N,, detached) and validity (N,).
 
     Keys: dense ``keys`` (M, D) with ``key_labels`` (M,) (< 0: empty slot), and/or an ``extra``
     block of similarities (N, E) with explicit per-entry positive / negative masks (selected
-    memory keys, synthesised negatives). Everything runs in float32 with autocast off.
+    memory keys, synthesised negatives, a pool's own-class keys), and/or ``negative_lse`` (N,),
+    the log-sum-exp of negative logits computed elsewhere (every key of a pool,
+    :func:`picoseg.contrast.all_keys.all_keys`; -inf: none), not with chunked dense keys.
+    Everything runs in float32 with autocast off.
     """
     num_anchors, dim = anchors.shape
     device = anchors.device
@@ -316,13 +335,19 @@ def per_anchor_info_nce(
         anchors = anchors.float()
         keys = keys.float()
         extra = extra.float()
+        if negative_lse is not None:
+            negative_lse = negative_lse.float()
         if keys.shape[0] <= chunk_size:
             logits = torch.cat([anchors @ keys.T, extra], 1) * inverse_temperature
             positive, negative = label_masks(anchor_labels, key_labels, 0, exclude_self)
             positive = torch.cat([positive, extra_positive], 1)
             negative = torch.cat([negative, extra_negative], 1)
             group = torch.cat([key_group.unsqueeze(0).expand(num_anchors, -1), extra_group], 1)
-            return _per_anchor_from_logits(logits, positive, negative, group)
+            return _per_anchor_from_logits(logits, positive, negative, group, negative_lse)
+        if negative_lse is not None:
+            raise ValueError(
+                "per_anchor_info_nce: negative_lse needs at most chunk_size dense keys"
+            )
         return _ChunkedInfoNCE.apply(
             anchors,
             keys,

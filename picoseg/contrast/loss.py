@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from picoseg.contrast.all_keys import all_keys, fits_fixed_shift
 from picoseg.contrast.info_nce import (
     gathered_similarity,
     label_masks,
@@ -104,7 +105,11 @@ class PixelContrastLoss(nn.Module):
         num_classes: number of classes, needed for in-batch region keys (taken from the memory
             when one is given).
         joint_softmax: one softmax over pixel and region keys (True) or two summed terms.
-        chunk_size: dense keys per block of the chunked InfoNCE (key strategy ``all``).
+        chunk_size: dense keys above which the InfoNCE walks them in chunks. Key strategy
+            ``all`` passes the memory through :func:`~picoseg.contrast.all_keys.all_keys`
+            (chunked on its own) while the in-batch keys fit in one chunk and the temperature
+            allows (:func:`~picoseg.contrast.all_keys.fits_fixed_shift`); otherwise the memory
+            joins the dense keys.
         block_elements: bound on the (anchors x memory keys) similarity block of the selection.
     """
 
@@ -309,6 +314,7 @@ class PixelContrastLoss(nn.Module):
         pool = keys.pool if keys.pool is not None and keys.pool.size > 0 else None
         num_hard = self.synthesis.hard_pool if self.synthesis is not None else 0
         extras: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # sims, positive, negative, group
+        negative_lse = None  # every key of the pool (key strategy ``all``)
         selection = None
         if pool is not None:
             strategy = self.sampler.key_strategy
@@ -320,7 +326,22 @@ class PixelContrastLoss(nn.Module):
                     num_hard=num_hard,
                     block_elements=self.block_elements,
                 )
-            if strategy == "all":
+            if strategy == "all" and (
+                num_batch_keys <= self.chunk_size
+                and fits_fixed_shift(anchors, pool, self.temperature)
+            ):
+                everything = all_keys(anchors, anchor_labels, pool, temperature=self.temperature)
+                negative_lse = everything.negative_lse
+                positive = everything.positive_valid
+                extras.append(
+                    (
+                        everything.positive_similarity,
+                        positive,
+                        torch.zeros_like(positive),
+                        everything.positive_is_region,
+                    )
+                )
+            elif strategy == "all":  # many in-batch keys or a tiny temperature: one dense set
                 dense = torch.cat([dense, pool.storage[pool.rows]])
                 dense_labels = torch.cat([dense_labels, pool.labels])
                 dense_group = torch.cat([dense_group, pool.is_region])
@@ -368,6 +389,7 @@ class PixelContrastLoss(nn.Module):
             extra_positive=extra_positive,
             extra_negative=extra_negative,
             extra_group=extra_group,
+            negative_lse=negative_lse,
             temperature=self.temperature,
             chunk_size=self.chunk_size,
         )

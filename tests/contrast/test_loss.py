@@ -17,6 +17,9 @@ from picoseg.contrast import (
     info_nce,
     info_nce_indexed,
 )
+from picoseg.contrast.all_keys import all_keys, fits_fixed_shift
+from picoseg.contrast.info_nce import mean_over_valid, per_anchor_info_nce
+from picoseg.contrast.key_pool import KeyPool
 
 IGNORE = 255
 
@@ -523,3 +526,114 @@ def test_temperature_scale():
     scaled = info_nce(anchors.float(), anchor_labels, keys.float(), key_labels, 0.1, 0.05)
     torch.testing.assert_close(scaled, 2 * one)
     assert math.isfinite(one.item())
+
+
+# --------------------------------------------------------------------------------------------------
+# Key strategy ``all``: every key of a pool (picoseg.contrast.all_keys)
+# --------------------------------------------------------------------------------------------------
+
+
+def _ring_pool(dim=6, seed=3):
+    """4 classes of 5 pixel + 2 region slots; class 2 empty, classes 0 and 3 wrap around."""
+    gen = torch.Generator().manual_seed(seed)
+    storage = F.normalize(torch.randn(4 * 7, dim, generator=gen), dim=1)
+    pool = KeyPool.from_counts(
+        storage,
+        slot_counts=[[5, 3, 0, 2], [2, 1, 0, 2]],
+        part_offsets=[0, 5],
+        part_sizes=[5, 2],
+        part_is_region=[False, True],
+        stride=7,
+        slot_starts=[[2, 0, 0, 4], [1, 0, 0, 0]],
+    )
+    return pool
+
+
+def _all_keys_loss(anchors, labels, pool, temperature, chunk_size):
+    everything = all_keys(anchors, labels, pool, temperature=temperature, chunk_size=chunk_size)
+    positive = everything.positive_valid
+    loss, group, valid = per_anchor_info_nce(
+        anchors=anchors,
+        anchor_labels=labels,
+        temperature=temperature,
+        extra=everything.positive_similarity,
+        extra_positive=positive,
+        extra_negative=torch.zeros_like(positive),
+        extra_group=everything.positive_is_region,
+        negative_lse=everything.negative_lse,
+    )
+    return (temperature / 0.07) * mean_over_valid(loss, valid), group, valid, everything
+
+
+@pytest.mark.parametrize("chunk_size", [8192, 3])
+def test_all_keys_matches_naive_loop(chunk_size):
+    pool = _ring_pool()
+    keys, key_labels = pool.storage[pool.rows].double(), pool.labels
+    gen = torch.Generator().manual_seed(4)
+    anchors = F.normalize(torch.randn(12, 6, generator=gen, dtype=torch.float64), dim=1)
+    labels = torch.tensor([0, 1, 3, -1, 2, 0, 3, 1, 1, 5, 0, 3])  # 2: no keys; 5: no such class
+    a64 = anchors.clone().requires_grad_()
+    expected = naive_info_nce(a64, labels, dense_key_sets(labels, keys, key_labels))
+    expected.backward()
+    a = _leaf(anchors)
+    got, _, valid, everything = _all_keys_loss(a, labels, pool, 0.1, chunk_size)
+    got.backward()
+    torch.testing.assert_close(got.double(), expected.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.grad.double(), a64.grad, atol=1e-5, rtol=1e-5)
+    assert valid.tolist() == [c in (0, 1, 3) for c in labels.tolist()]
+    # The positives are the anchor's class in the pool, flagged region where the pool says so.
+    for i, c in enumerate(labels.tolist()):
+        mine = key_labels == c
+        count = int(mine.sum())
+        assert int(everything.positive_valid[i].sum()) == count
+        torch.testing.assert_close(
+            everything.positive_similarity[i, :count].double(),
+            anchors[i] @ keys[mine].T,
+            atol=1e-6,
+            rtol=0,
+        )
+        assert everything.positive_is_region[i, :count].tolist() == pool.is_region[mine].tolist()
+
+
+def test_all_keys_negative_sum_keeps_precision_far_below_the_positives():
+    """Own class identical to the anchor, negatives opposite: the negatives' exp-sum is ~1e-25 of
+    the positives' and must still come out right (no subtraction of the own class)."""
+    direction = F.normalize(torch.randn(5), dim=0)
+    storage = torch.cat([direction.expand(6, 5), -direction.expand(6, 5)])
+    pool = KeyPool.from_keys(storage, torch.tensor([0] * 6 + [1] * 6), 2)
+    anchors = direction.expand(3, 5).clone()
+    everything = all_keys(anchors, torch.zeros(3, dtype=torch.long), pool, temperature=0.05)
+    expected = math.log(6.0) - 1.0 / 0.05  # six negatives at similarity -1
+    torch.testing.assert_close(
+        everything.negative_lse, torch.full((3,), expected), atol=1e-4, rtol=0
+    )
+
+
+def test_fits_fixed_shift_bounds_the_exponent_range():
+    pool = _ring_pool()
+    anchors = F.normalize(torch.randn(4, 6), dim=1)
+    assert fits_fixed_shift(anchors, pool, temperature=0.07)
+    assert not fits_fixed_shift(anchors, pool, temperature=0.02)  # 2 / t = 100 > 80
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.07])
+def test_all_strategy_loss_equals_the_dense_path(monkeypatch, temperature):
+    """The loss's ``all`` path (pool passes) gives the loss, its pixel / region parts and the
+    gradient of one dense InfoNCE over in-batch + memory keys (the path it replaced, still used
+    for a tiny temperature)."""
+    import picoseg.contrast.loss as loss_module
+
+    projections, labels, _ = _batch()
+    memory = _filled_memory(pixel_counts=[7, 3, 1])
+    results = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(loss_module, "fits_fixed_shift", lambda *args: False)
+        sampler = PixelSampler(key_strategy="all", max_anchors=16, min_pixels=1, seed=2)
+        loss_fn = PixelContrastLoss(sampler, temperature=temperature, in_batch_keys=True)
+        x = projections.float().clone().requires_grad_()
+        out = loss_fn(x, labels, None, memory)
+        out.loss.backward()
+        results.append((out.loss, out.pixel_loss, out.region_loss, x.grad))
+    for mine, reference in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
