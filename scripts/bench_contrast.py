@@ -23,8 +23,9 @@ Rows (medians over ``--repeats`` after one warm-up):
 (e) the whole step as the training system runs it: labels nearest-resized from 512 x 1024,
     predictions = argmax of the (8, 19, 128, 256) logits, then (a).
 
-Extra row: dense chunked ``info_nce`` of 1024 anchors against all 190,000 memory keys (the
-``all`` key strategy), to show that its memory stays bounded.
+Extra rows, 1024 anchors against all 190,000 memory keys: the general chunked ``info_nce``
+(any key order; the ``all`` key strategy's fallback) and ``all_keys`` (what the ``all`` key
+strategy uses: keys sorted by class, three matrix products in all), with bounded memory.
 
 Usage: ``python scripts/bench_contrast.py [--repeats 5] [--threads 2] [--quick]``.
 """
@@ -53,15 +54,20 @@ from picoseg.contrast import (
     gather_and_push,
     info_nce,
 )
+from picoseg.contrast.all_keys import all_keys
+from picoseg.contrast.info_nce import mean_over_valid, per_anchor_info_nce
+from picoseg.contrast.key_pool import KeyPool
 
 BATCH, CLASSES, DIM, HEIGHT, WIDTH = 8, 19, 256, 128, 256
 QUEUE = 5000
 IGNORE = 255
+#: name -> (memory, synthesis, key strategy)
 CONFIGS = {
-    "no memory, no synthesis": (False, False),
-    "no memory, synthesis": (False, True),
-    "memory, no synthesis": (True, False),
-    "memory, synthesis": (True, True),
+    "no memory, no synthesis": (False, False, "semi_hard"),
+    "no memory, synthesis": (False, True, "semi_hard"),
+    "memory, no synthesis": (True, False, "semi_hard"),
+    "memory, synthesis": (True, True, "semi_hard"),
+    "memory, all keys, no synthesis": (True, False, "all"),
 }
 
 
@@ -114,8 +120,8 @@ def make_memory(centers: torch.Tensor, seed: int = 1) -> MemoryBank:
     return memory
 
 
-def make_loss(synthesis: bool) -> PixelContrastLoss:
-    sampler = PixelSampler("seg_aware", "semi_hard", max_anchors=1024, max_views=100, seed=0)
+def make_loss(synthesis: bool, key_strategy: str = "semi_hard") -> PixelContrastLoss:
+    sampler = PixelSampler("seg_aware", key_strategy, max_anchors=1024, max_views=100, seed=0)
     return PixelContrastLoss(
         sampler,
         NegativeSynthesis(64, 64, 64, seed=0) if synthesis else None,
@@ -156,6 +162,23 @@ def dense_step(anchors: torch.Tensor, keys: torch.Tensor, labels, key_labels) ->
     info_nce(anchors, labels, keys, key_labels, chunk_size=8192).backward()
 
 
+def all_keys_step(anchors: torch.Tensor, pool: KeyPool, labels: torch.Tensor) -> None:
+    """The InfoNCE of key strategy ``all`` alone: every key of a class-sorted pool."""
+    anchors.grad = None
+    every = all_keys(anchors, labels, pool, temperature=0.1)
+    positive = every.positive_valid
+    loss, _, valid = per_anchor_info_nce(
+        anchors=anchors,
+        anchor_labels=labels,
+        temperature=0.1,
+        extra=every.positive_similarity,
+        extra_positive=positive,
+        extra_negative=torch.zeros_like(positive),
+        negative_lse=every.negative_lse,
+    )
+    mean_over_valid(loss, valid).backward()
+
+
 def median_time(fn: Callable[[], object], repeats: int) -> float:
     fn()
     times = []
@@ -177,15 +200,18 @@ def _status(field: str) -> int:
 def peak_memory(config: str) -> dict[str, float]:
     """Runs in a fresh subprocess: peak RSS of two steps of one configuration."""
     inputs = make_inputs()
-    if config == "dense info_nce 1024 x 190k":
+    if config in ("dense info_nce 1024 x 190k", "all_keys 1024 x 190k"):
         memory = make_memory(inputs["centers"])
         keys = memory.keys.view(-1, DIM)
         key_labels = torch.arange(CLASSES).repeat_interleave(2 * QUEUE)
         anchors = F.normalize(torch.randn(1024, DIM), dim=1).requires_grad_()
         labels = torch.randint(0, CLASSES, (1024,))
+        pool = KeyPool.from_keys(keys, key_labels, CLASSES)
 
         def step():
-            return dense_step(anchors, keys, labels, key_labels)
+            if config.startswith("dense"):
+                return dense_step(anchors, keys, labels, key_labels)
+            return all_keys_step(anchors, pool, labels)
     elif config == "bare matmul bound (memory)":
         memory = make_memory(inputs["centers"])
         anchors = F.normalize(torch.randn(1024, DIM), dim=1).requires_grad_()
@@ -193,9 +219,9 @@ def peak_memory(config: str) -> dict[str, float]:
         def step():
             return bound_step(anchors, memory.keys.view(-1, DIM))
     else:
-        use_memory, synthesis = CONFIGS[config]
+        use_memory, synthesis, key_strategy = CONFIGS[config]
         memory = make_memory(inputs["centers"]) if use_memory else None
-        loss_fn = make_loss(synthesis)
+        loss_fn = make_loss(synthesis, key_strategy)
 
         def step():
             return contrast_step(inputs, loss_fn, memory, whole=False)
@@ -264,8 +290,8 @@ def main() -> None:
 
     # (a) and (e).
     results = {}
-    for name, (use_memory, synthesis) in CONFIGS.items():
-        loss_fn = make_loss(synthesis)
+    for name, (use_memory, synthesis, key_strategy) in CONFIGS.items():
+        loss_fn = make_loss(synthesis, key_strategy)
         memory = make_memory(centers) if use_memory else None
         step_a = median_time(
             lambda f=loss_fn, m=memory: contrast_step(inputs, f, m, False), repeats
@@ -283,10 +309,19 @@ def main() -> None:
         max(1, repeats // 2),
     )
     rows.append(("dense chunked info_nce, 1024 x 190,000 keys", dense, dense / bound_memory))
+    pool = KeyPool.from_keys(memory_keys, dense_key_labels, CLASSES)
+    every_key = median_time(lambda: all_keys_step(anchors, pool, dense_labels), repeats)
+    every_key_ratio = every_key / bound_memory
+    rows.append(("all_keys (strategy all), 1024 x 190,000 keys", every_key, every_key_ratio))
 
     peaks = {}
     if not args.quick:
-        for config in [*CONFIGS, "bare matmul bound (memory)", "dense info_nce 1024 x 190k"]:
+        for config in [
+            *CONFIGS,
+            "bare matmul bound (memory)",
+            "dense info_nce 1024 x 190k",
+            "all_keys 1024 x 190k",
+        ]:
             peaks[config] = peak_in_subprocess(config, args.threads)
 
     print()
