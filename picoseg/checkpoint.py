@@ -32,6 +32,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from picoseg.inference import inference_settings
+
 if TYPE_CHECKING:
     from picoseg.system import SegmentationSystem
 
@@ -213,7 +215,9 @@ class LastCheckpoint(ModelCheckpoint):
 
 
 def load_run(
-    ckpt_path: str | Path, dataset_cfg: DictConfig | None = None
+    ckpt_path: str | Path,
+    dataset_cfg: DictConfig | None = None,
+    inference_cfg: DictConfig | None = None,
 ) -> tuple[DictConfig, SegmentationSystem]:
     """Rebuild the run configuration and the trained system stored in a picoseg checkpoint.
 
@@ -224,6 +228,10 @@ def load_run(
         ckpt_path: a checkpoint written by ``picoseg.train`` (it holds ``picoseg_config``).
         dataset_cfg: another dataset node with the same number of classes, replacing the
             stored one; ``None`` keeps the training dataset.
+        inference_cfg: an entry point's ``inference`` node (sliding window, scales, flip), the
+            system's ``inference`` argument for validation, its window defaulting to the
+            training crop (:func:`picoseg.inference.inference_settings`); ``None``: the
+            network's plain whole-image pass.
 
     The backbone is rebuilt without its pretrained weights (the checkpoint holds the trained
     ones), so no download or weights package is needed. A replacement dataset that does not set
@@ -255,7 +263,8 @@ def load_run(
                     run_cfg.dataset.datamodule[key] = value
     backbone = run_cfg.model.network.backbone
     backbone.pretrained, backbone.weights_path = False, None
-    model: SegmentationSystem = instantiate(run_cfg.model)
+    inference = inference_settings(inference_cfg, run_cfg.train_crop_size)
+    model: SegmentationSystem = instantiate(run_cfg.model, inference=inference)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     return run_cfg, model

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from picoseg.checkpoint import load_run
-from picoseg.inference import inference_settings, pick_device
+from picoseg.inference import pick_device
 from picoseg.report import draw_predictions, write_report
 
 # Importable from here as before; they live in picoseg.checkpoint, .inference and .report.
@@ -30,8 +30,7 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Rebuild the run of ``cfg.ckpt_path``, validate it and write the report."""
-    run_cfg, model = load_run(cfg.ckpt_path, cfg.get("dataset"))
-    model.inference = inference_settings(cfg.get("inference"), run_cfg.train_crop_size)
+    run_cfg, model = load_run(cfg.ckpt_path, cfg.get("dataset"), cfg.get("inference"))
     datamodule = instantiate(run_cfg.dataset.datamodule)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     trainer.validate(model, datamodule=datamodule)
