@@ -1,5 +1,5 @@
 """Shared fixtures: composing picoseg's Hydra configs as the entry points do, running an entry
-point in a subprocess, and importing a script of ``scripts/``."""
+point in a subprocess, importing a script of ``scripts/``, and building a tiny system."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 # Offline tests: timm must never reach the Hugging Face hub (set before it is imported). The
 # library leaves this to the user, so that backbone.pretrained=true downloads for them.
@@ -19,6 +21,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.optim import Optimizer
+
+    from picoseg.models import Segmentor
+    from picoseg.system import SegmentationSystem
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
@@ -144,3 +153,67 @@ def write_checkpoint():
         return run_config
 
     return _write
+
+
+def _tiny_network(channels: int = 16, **head_kwargs: Any) -> Segmentor:
+    """A randomly initialised ``Segmentor``: resnet18 and an FCN head of ``channels`` channels
+    (``head_kwargs`` go to ``FCNHead``), for 3 classes."""
+    import functools
+
+    from picoseg.models import Backbone, Segmentor
+    from picoseg.models.heads import FCNHead
+
+    return Segmentor(
+        Backbone("resnet18"), functools.partial(FCNHead, channels=channels, **head_kwargs), 3
+    )
+
+
+def _tiny_system(
+    network: nn.Module | None = None,
+    *,
+    channels: int = 16,
+    class_names: Sequence[str] | None = None,
+    optimizer: Callable[..., Optimizer] | None = None,
+    lr: float | None = 0.1,
+    projection_dim: int | None = None,
+    normalize: bool | None = None,
+    **kwargs: Any,
+) -> SegmentationSystem:
+    """A 3-class ``SegmentationSystem`` (class names ``a, b, c``) of ``network``, by default
+    ``_tiny_network(channels)``.
+
+    The optimizer is ``optimizer`` (default SGD) with ``lr``, or the bare ``optimizer`` when
+    ``lr`` is None. ``projection_dim`` makes the projection a ``ProjectionHead`` of that ``dim``
+    (and ``normalize``, when given). The other keyword arguments (``contrast``, ``memory``,
+    ``contrast_warmup_steps``, ...) go to ``SegmentationSystem`` as they are."""
+    import functools
+
+    import torch
+
+    from picoseg.models import ProjectionHead
+    from picoseg.system import SegmentationSystem
+
+    if network is None:
+        network = _tiny_network(channels)
+    optimizer = optimizer if optimizer is not None else torch.optim.SGD
+    if lr is not None:
+        optimizer = functools.partial(optimizer, lr=lr)
+    if projection_dim is not None:
+        options = {} if normalize is None else {"normalize": normalize}
+        kwargs["projection"] = functools.partial(ProjectionHead, dim=projection_dim, **options)
+    names = list(class_names) if class_names is not None else ["a", "b", "c"]
+    return SegmentationSystem(network, 3, names, optimizer, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_network() -> Callable[..., Segmentor]:
+    """``tiny_network(channels=16, **head_kwargs)`` -> a resnet18 + FCN-head ``Segmentor``."""
+    return _tiny_network
+
+
+@pytest.fixture(scope="session")
+def tiny_system() -> Callable[..., SegmentationSystem]:
+    """``tiny_system(network=None, *, channels=16, class_names=None, optimizer=None, lr=0.1,
+    projection_dim=None, normalize=None, **system_kwargs)`` -> a 3-class
+    ``SegmentationSystem`` (see ``_tiny_system``)."""
+    return _tiny_system

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable
 
 import lightning as L
 import pytest
@@ -21,8 +22,7 @@ from picoseg.contrast import (
     PixelSampler,
 )
 from picoseg.contrast.grid_labels import resize_labels
-from picoseg.models import Backbone, ProjectionHead, Segmentor
-from picoseg.models.heads import FCNHead
+from picoseg.models import Segmentor
 from picoseg.random_state import load_rng_state, rng_state
 from picoseg.system import SegmentationSystem
 
@@ -32,27 +32,37 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-def _network() -> Segmentor:
-    # All four levels: features at stride 4, an 8 x 8 embedding grid for 32 x 32 images.
-    head = functools.partial(FCNHead, channels=16, in_index=[-4, -3, -2, -1])
-    return Segmentor(Backbone("resnet18"), head, 3)
+@pytest.fixture
+def network(tiny_network) -> Callable[[], Segmentor]:
+    """``network()``: all four levels: features at stride 4, an 8 x 8 embedding grid for
+    32 x 32 images."""
+    return functools.partial(tiny_network, channels=16, in_index=[-4, -3, -2, -1])
 
 
-def _system(network: nn.Module | None = None) -> SegmentationSystem:
-    return SegmentationSystem(
-        network if network is not None else _network(),
-        3,
-        ["a", "b", "c"],
-        functools.partial(torch.optim.AdamW, lr=1e-3),
-        projection=functools.partial(ProjectionHead, dim=8, normalize=False),
-        contrast=PixelContrastLoss(
-            PixelSampler(max_anchors=64, min_pixels=2, num_positives=16, num_negatives=32, seed=0),
-            NegativeSynthesis(num_neg_neg=4, num_neg_anchor=4, hard_pool=8, seed=1),
-            num_classes=3,
-        ),
-        memory=MemoryBank(3, dim=8, pixel_size=1000, region_size=100, pixels_per_image=4),
-        contrast_warmup_steps=0,
-    )
+@pytest.fixture
+def pico_system(tiny_system, network) -> Callable[..., SegmentationSystem]:
+    """``pico_system(net=None)``: a new PiCo system (AdamW, unnormalised 8-d projections,
+    seeded sampler and synthesis, a memory) of ``net``, by default ``network()``."""
+
+    def build(net: nn.Module | None = None) -> SegmentationSystem:
+        return tiny_system(
+            net if net is not None else network(),
+            optimizer=torch.optim.AdamW,
+            lr=1e-3,
+            projection_dim=8,
+            normalize=False,
+            contrast=PixelContrastLoss(
+                PixelSampler(
+                    max_anchors=64, min_pixels=2, num_positives=16, num_negatives=32, seed=0
+                ),
+                NegativeSynthesis(num_neg_neg=4, num_neg_anchor=4, hard_pool=8, seed=1),
+                num_classes=3,
+            ),
+            memory=MemoryBank(3, dim=8, pixel_size=1000, region_size=100, pixels_per_image=4),
+            contrast_warmup_steps=0,
+        )
+
+    return build
 
 
 def _loader(num: int = 8) -> DataLoader:
@@ -80,9 +90,9 @@ def _trainer(callbacks: list[L.Callback], max_steps: int, precision: str = "32-t
     )
 
 
-def test_contrast_under_bf16_autocast_is_float32_and_equals_the_fp32_computation():
+def test_contrast_under_bf16_autocast_is_float32_and_equals_the_fp32_computation(pico_system):
     torch.manual_seed(0)
-    system = _system().train()
+    system = pico_system().train()
     images, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
     cpu = torch.device("cpu")
     system.contrast.sampler.generator(cpu)  # create the private generators, to save them
@@ -160,9 +170,11 @@ class _Recorder(L.Callback):
         ]
 
 
-def test_a_step_with_a_nan_loss_is_skipped_counted_and_training_goes_on(caplog):
+def test_a_step_with_a_nan_loss_is_skipped_counted_and_training_goes_on(
+    caplog, network, pico_system
+):
     torch.manual_seed(0)
-    system = _system(_NaNOnCall(_network(), nan_call=2))
+    system = pico_system(_NaNOnCall(network(), nan_call=2))
     recorder = _Recorder()
     trainer = _trainer([recorder], max_steps=4)  # the module attaches its memory callback
     with caplog.at_level(logging.WARNING, logger="picoseg.system"):
@@ -179,9 +191,9 @@ def test_a_step_with_a_nan_loss_is_skipped_counted_and_training_goes_on(caplog):
     assert "training step 2 " in caplog.text and "not finite" in caplog.text
 
 
-def test_bf16_mixed_training_steps_on_cpu():
+def test_bf16_mixed_training_steps_on_cpu(pico_system):
     torch.manual_seed(0)
-    system = _system()
+    system = pico_system()
     recorder = _Recorder()
     trainer = _trainer([recorder], max_steps=2, precision="bf16-mixed")
     trainer.fit(system, train_dataloaders=_loader(4))
@@ -192,11 +204,13 @@ def test_bf16_mixed_training_steps_on_cpu():
     assert system.memory.keys.dtype == torch.float32
 
 
-def test_the_memory_fills_without_a_configured_callback_and_is_pushed_once_with_one():
+def test_the_memory_fills_without_a_configured_callback_and_is_pushed_once_with_one(
+    network, pico_system, tiny_system
+):
     pushes = []
     for callbacks in ([], [MemoryBankCallback()]):
         torch.manual_seed(0)
-        system = _system()
+        system = pico_system()
         recorder = _Recorder()
         trainer = _trainer([*callbacks, recorder], max_steps=2)
         trainer.fit(system, train_dataloaders=_loader(4))
@@ -205,5 +219,5 @@ def test_the_memory_fills_without_a_configured_callback_and_is_pushed_once_with_
         pushes.append(system.memory.pixel_count.clone())
     # a trainer that also lists the callback gets the module's in its place: no second push
     assert torch.equal(pushes[0], pushes[1])
-    ce_only = SegmentationSystem(_network(), 3, ["a", "b", "c"], torch.optim.SGD)
+    ce_only = tiny_system(network(), lr=None)  # torch.optim.SGD with its default lr
     assert MemoryBankCallback not in [type(c) for c in ce_only.configure_callbacks()]

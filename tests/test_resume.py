@@ -4,10 +4,10 @@ carries, and 2 epochs == 1 epoch + resume + 1 epoch on the CPU."""
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,6 @@ import torch
 from omegaconf import open_dict
 
 from picoseg.contrast import NegativeSynthesis, PixelContrastLoss, PixelSampler
-from picoseg.models import Backbone, ProjectionHead, Segmentor
-from picoseg.models.heads import FCNHead
 from picoseg.random_state import RandomStateCallback, load_rng_state, rng_state
 from picoseg.system import SegmentationSystem
 from picoseg.train import resolve_ckpt_path, train
@@ -47,16 +45,16 @@ def test_ckpt_path_last_is_this_run_then_the_newest_sibling_run(tmp_path):
         resolve_ckpt_path("last", tmp_path / "elsewhere" / "run")
 
 
-def _contrast_system() -> SegmentationSystem:
-    network = Segmentor(Backbone("resnet18"), functools.partial(FCNHead, channels=8), 3)
-    return SegmentationSystem(
-        network,
-        3,
-        ["a", "b", "c"],
-        functools.partial(torch.optim.SGD, lr=0.1),
-        projection=functools.partial(ProjectionHead, dim=8),
-        contrast=PixelContrastLoss(PixelSampler(seed=3), NegativeSynthesis(seed=4), num_classes=3),
-    )
+@pytest.fixture
+def contrast_system(tiny_system) -> Callable[[], SegmentationSystem]:
+    """``contrast_system()``: a new tiny PiCo system, its sampler and synthesis with private
+    generators (seeds 3 and 4)."""
+
+    def build() -> SegmentationSystem:
+        contrast = PixelContrastLoss(PixelSampler(seed=3), NegativeSynthesis(seed=4), num_classes=3)
+        return tiny_system(channels=8, projection_dim=8, contrast=contrast)
+
+    return build
 
 
 def _draws(system: SegmentationSystem) -> list:
@@ -75,11 +73,13 @@ def _assert_same_draws(actual: list, expected: list) -> None:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
 
 
-def test_rng_state_restores_global_sampler_and_synthesis_generators_in_a_new_system():
+def test_rng_state_restores_global_sampler_and_synthesis_generators_in_a_new_system(
+    contrast_system,
+):
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
-    system = _contrast_system()
+    system = contrast_system()
     _draws(system)  # the private generators exist and have moved on from their seeds
     buffer = io.BytesIO()
     torch.save(rng_state(system), buffer)  # as a checkpoint holds it
@@ -87,27 +87,27 @@ def test_rng_state_restores_global_sampler_and_synthesis_generators_in_a_new_sys
     _draws(system)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)  # what Lightning's resume loads
-    resumed = _contrast_system()  # a new process: fresh generators seeded from the config
+    resumed = contrast_system()  # a new process: fresh generators seeded from the config
     load_rng_state(resumed, state)
     _assert_same_draws(_draws(resumed), expected)
     # Without the state, the fresh system would start again from the seeds: different draws.
-    fresh = _contrast_system()
+    fresh = contrast_system()
     assert not torch.equal(_draws(fresh)[3], expected[3])
 
 
-def test_loading_a_checkpoint_outside_fit_leaves_the_random_state_alone():
+def test_loading_a_checkpoint_outside_fit_leaves_the_random_state_alone(contrast_system):
     from types import SimpleNamespace
 
     from lightning.pytorch.trainer.states import TrainerFn
 
-    system = _contrast_system()
+    system = contrast_system()
     checkpoint: dict = {}
     system.skipped_steps = 3
     system.on_save_checkpoint(checkpoint)
     callback = RandomStateCallback()
     callback.on_save_checkpoint(None, system, checkpoint)
     assert checkpoint["picoseg_skipped_steps"] == 3 and "global" in checkpoint["picoseg_rng"]
-    other = _contrast_system()
+    other = contrast_system()
     torch.rand(2)
     before = torch.get_rng_state()
     other.on_load_checkpoint(checkpoint)  # no trainer: e.g. evaluation tools
@@ -119,11 +119,11 @@ def test_loading_a_checkpoint_outside_fit_leaves_the_random_state_alone():
     assert torch.equal(torch.get_rng_state(), checkpoint["picoseg_rng"]["global"]["torch"])
 
 
-def test_the_system_attaches_the_callbacks_its_training_needs():
+def test_the_system_attaches_the_callbacks_its_training_needs(contrast_system):
     from picoseg.contrast import MemoryBank, MemoryBankCallback
     from picoseg.wandb_run import WandbRunId
 
-    system = _contrast_system()
+    system = contrast_system()
     assert [type(c) for c in system.configure_callbacks()] == [RandomStateCallback, WandbRunId]
     system.memory = MemoryBank(3, 8, 5, 5, 2)
     assert MemoryBankCallback in [type(c) for c in system.configure_callbacks()]

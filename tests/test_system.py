@@ -7,10 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from picoseg.contrast.grid_labels import resize_labels
-from picoseg.models import Backbone, ProjectionHead, Segmentor
-from picoseg.models.heads import FCNHead
+from picoseg.models import Segmentor
 from picoseg.optim import poly_schedule
-from picoseg.system import SegmentationSystem, masked_cross_entropy
+from picoseg.system import masked_cross_entropy
 
 
 def test_resize_labels_is_nearest_and_keeps_ignore():
@@ -63,19 +62,10 @@ def test_poly_schedule_values():
     assert lrs[10] == pytest.approx(0.0)
 
 
-def _system(**kwargs):
-    net = Segmentor(Backbone("resnet18"), functools.partial(FCNHead, channels=16), 3)
-    return SegmentationSystem(
-        net, 3, ["a", "b", "c"], functools.partial(torch.optim.SGD, lr=0.1), **kwargs
-    )
-
-
-def test_inference_network_has_no_projection_head():
-    ce_only = _system()
+def test_inference_network_has_no_projection_head(tiny_system):
+    ce_only = tiny_system()
     assert ce_only.projection is None
-    with_projection = _system(
-        projection=functools.partial(ProjectionHead, dim=8), contrast=torch.nn.Identity()
-    )
+    with_projection = tiny_system(projection_dim=8, contrast=torch.nn.Identity())
     assert with_projection.projection.layers[0].in_channels == 16
     n_network = sum(p.numel() for p in ce_only.network.parameters())
     assert sum(p.numel() for p in with_projection.network.parameters()) == n_network
@@ -97,45 +87,28 @@ class _FeaturesOnly(torch.nn.Module):
         return dataclasses.replace(self.inner(images), contrast_features=None)
 
 
-def test_a_network_without_contrast_channels_projects_its_features():
-    net = Segmentor(
-        Backbone("resnet18"), functools.partial(FCNHead, channels=12, contrast_input="fused"), 3
-    )
+def test_a_network_without_contrast_channels_projects_its_features(tiny_network, tiny_system):
+    net = tiny_network(channels=12, contrast_input="fused")
     assert net.contrast_channels != net.feature_channels == 12
-    projection = functools.partial(ProjectionHead, dim=8)
-    own = SegmentationSystem(
-        net,
-        3,
-        ["a", "b", "c"],
-        functools.partial(torch.optim.SGD, lr=0.1),
-        projection=projection,
-        contrast=torch.nn.Identity(),
-    )
+    own = tiny_system(net, projection_dim=8, contrast=torch.nn.Identity())
     assert own.projection.layers[0].in_channels == net.contrast_channels
-    wrapped = SegmentationSystem(
-        _FeaturesOnly(net),
-        3,
-        ["a", "b", "c"],
-        functools.partial(torch.optim.SGD, lr=0.1),
-        projection=projection,
-        contrast=torch.nn.Identity(),
-    )
+    wrapped = tiny_system(_FeaturesOnly(net), projection_dim=8, contrast=torch.nn.Identity())
     assert wrapped.projection.layers[0].in_channels == 12
     out = wrapped.network(torch.randn(1, 3, 64, 64))
     assert wrapped.projection(out.projection_input).shape[:2] == (1, 8)
 
 
-def test_class_names_must_match_num_classes():
-    net = Segmentor(Backbone("resnet18"), functools.partial(FCNHead, channels=8), 3)
+def test_class_names_must_match_num_classes(tiny_network, tiny_system):
+    net = tiny_network(channels=8)
     with pytest.raises(ValueError, match="class_names has 2 entries but num_classes is 3"):
-        SegmentationSystem(net, 3, ["a", "b"], functools.partial(torch.optim.SGD, lr=0.1))
+        tiny_system(net, class_names=["a", "b"])
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-def test_validation_with_an_inference_setting_keeps_the_confusion():
+def test_validation_with_an_inference_setting_keeps_the_confusion(tiny_system):
     torch.manual_seed(0)
     batch = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
-    system = _system().eval()
+    system = tiny_system().eval()
     with torch.no_grad():
         system.validation_step(batch, 0)
         system.on_validation_epoch_end()
@@ -148,14 +121,10 @@ def test_validation_with_an_inference_setting_keeps_the_confusion():
     assert torch.equal(confusion, default["confusion"])
 
 
-def test_backbone_lr_mult_makes_slower_backbone_groups_that_the_schedule_keeps():
+def test_backbone_lr_mult_makes_slower_backbone_groups_that_the_schedule_keeps(tiny_system):
     from picoseg.optim import poly_schedule
 
-    system = _system(
-        projection=functools.partial(ProjectionHead, dim=8),
-        contrast=torch.nn.Identity(),
-        backbone_lr_mult=0.1,
-    )
+    system = tiny_system(projection_dim=8, contrast=torch.nn.Identity(), backbone_lr_mult=0.1)
     optimizer = system.configure_optimizers()
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert list(groups) == ["backbone", "backbone_no_decay", "rest", "rest_no_decay"]
@@ -172,10 +141,8 @@ def test_backbone_lr_mult_makes_slower_backbone_groups_that_the_schedule_keeps()
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.0075] * 2 + [0.075] * 2)
 
 
-def test_biases_norms_and_embeddings_take_no_weight_decay():
-    system = _system(
-        projection=functools.partial(ProjectionHead, dim=8), contrast=torch.nn.Identity()
-    )
+def test_biases_norms_and_embeddings_take_no_weight_decay(tiny_system):
+    system = tiny_system(projection_dim=8, contrast=torch.nn.Identity())
     system.optimizer_factory = functools.partial(torch.optim.AdamW, lr=0.1, weight_decay=0.05)
     decay, no_decay = system.configure_optimizers().param_groups
     assert (decay["name"], decay["weight_decay"]) == ("decay", 0.05)
@@ -207,7 +174,7 @@ def test_vit_position_embedding_and_class_token_take_no_weight_decay():
     assert names & matrices == {"pos_embed", "cls_token"}
 
 
-def test_compile_wraps_only_backbone_and_head_when_fitting_and_keeps_outputs():
+def test_compile_wraps_only_backbone_and_head_when_fitting_and_keeps_outputs(tiny_system):
     graphs = []
 
     def counting_backend(graph_module, example_inputs):  # an eager backend that counts graphs
@@ -215,8 +182,8 @@ def test_compile_wraps_only_backbone_and_head_when_fitting_and_keeps_outputs():
         return graph_module.forward
 
     torch.manual_seed(0)
-    system = _system(
-        projection=functools.partial(ProjectionHead, dim=8),
+    system = tiny_system(
+        projection_dim=8,
         contrast=torch.nn.Identity(),
         compile=True,
         compile_backend=counting_backend,
@@ -242,11 +209,11 @@ def test_compile_wraps_only_backbone_and_head_when_fitting_and_keeps_outputs():
     finally:
         torch._dynamo.reset()
     with pytest.raises(ValueError, match="compile=False"):
-        _system().compile_network()
+        tiny_system().compile_network()
 
 
 @pytest.mark.parametrize("mode", ["nearest", "center", "pure"])
-def test_contrast_labels_follow_label_resize(mode):
+def test_contrast_labels_follow_label_resize(mode, tiny_system):
     # The labels the contrast and the memory see are the grid labels of the chosen mode; the
     # loss receives exactly those (a recording stand-in for the loss).
     seen = {}
@@ -255,9 +222,7 @@ def test_contrast_labels_follow_label_resize(mode):
         seen["labels"] = labels
         return SimpleNamespace(loss=projections.sum() * 0)
 
-    system = _system(
-        projection=functools.partial(ProjectionHead, dim=8), contrast=record, label_resize=mode
-    )
+    system = tiny_system(projection_dim=8, contrast=record, label_resize=mode)
     torch.manual_seed(0)
     images = torch.randn(2, 3, 32, 32)
     labels = torch.randint(0, 3, (2, 32, 32))
@@ -270,6 +235,6 @@ def test_contrast_labels_follow_label_resize(mode):
         assert (expected == 255).float().mean() > 0.9
 
 
-def test_unknown_label_resize_is_an_error():
+def test_unknown_label_resize_is_an_error(tiny_system):
     with pytest.raises(ValueError, match="label_resize='top_left'"):
-        _system(label_resize="top_left")
+        tiny_system(label_resize="top_left")
