@@ -18,14 +18,33 @@ wrapping the functions that do it:
 What is left of PiCo's extra time after these is the backward pass of the projection and the
 loss and everything else per step. Forward-only wrappers need no synchronisation on the CPU; on a
 GPU the figures of the parts are launch times, not kernel times (the step medians stay right).
+Last, the floor of an exact semi-hard key selection on the run's shapes is timed on random data
+(``max_anchors`` anchors against a full memory): the similarity product and the top-k that finds
+each anchor's pool, the two operations no exact implementation avoids.
 
-Usage: ``python scripts/bench_step.py [--steps 60] [--warmup 20] [--threads 2]``.
+With ``--model paper`` the same CE vs PiCo step is timed on the paper's model instead: HRNet-W48
+with the HRNetV2 head, Cityscapes' 19 classes, batch 2 (one GPU's share of the recipe's 4 x 2),
+``--height`` x ``--width`` crops (512 x 1024), with the paper's PiCo settings: the composed config
+of ``experiment=hrnet48_cityscapes`` for PiCo and of the same with ``loss=ce`` for CE, except that
+it runs on one CPU device (no DDP, float32), without pretrained weights
+(``backbone.pretrained=false``) and with ``model.contrast_warmup_steps=0``, so the contrast is on
+from the first step. No dataset is read: the batches are random images and blocky random label
+maps (8 x 16 blocks, each of one class, about 5 % of them the ignore label). Before timing, the
+memory bank is filled to capacity with random l2-normalised keys (19 classes x 5000 pixel + 5000
+region keys of dim 256), as in steady-state training; the push after each step keeps it full. A
+step takes tens of seconds on a CPU, so the defaults there are ``--steps 4 --warmup 1``;
+``--height 64 --width 128`` checks quickly that the mode runs.
+
+Usage: ``python scripts/bench_step.py [--steps 60] [--warmup 20] [--threads 2]``, or
+``python scripts/bench_step.py --model paper [--steps 4] [--warmup 1] [--height 512]
+[--width 1024] [--threads 2]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import statistics
 import time
@@ -36,14 +55,28 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from picoseg.contrast import MemoryBankCallback, NegativeSynthesis, PixelSampler  # noqa: E402
+from picoseg.contrast import (  # noqa: E402
+    MemoryBank,
+    MemoryBankCallback,
+    MemoryCandidates,
+    NegativeSynthesis,
+    PixelSampler,
+)
 from picoseg.contrast.loss import PixelContrastLoss  # noqa: E402
 from picoseg.system import SegmentationSystem  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: Steps and warm-up steps of each ``--model`` when not given.
+DEFAULT_STEPS = {"default": (60, 20), "paper": (4, 1)}
+#: Blocks of one class per synthetic label map (rows, columns), and the share of ignored ones.
+LABEL_BLOCKS = (8, 16)
+IGNORED_BLOCKS = 0.05
 #: (label, owner, attribute) of the timed functions.
 PARTS = (
     ("projection + contrast forward", SegmentationSystem, "contrast_term"),
@@ -95,20 +128,73 @@ class _Recorder(L.Callback):
         self._close()
 
 
-def _run(experiment: str, steps: int, data_dir: Path, output: Path) -> _Recorder:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                f"experiment={experiment}",
-                f"paths.data_dir={data_dir}",
-                f"paths.output_dir={output}",
-                "dataset.datamodule.num_workers=0",
-            ],
+class _SyntheticBatches(Dataset):
+    """Random images (3, H, W) and blocky random label maps (H, W), the same for every run:
+    sample ``index`` is drawn from a generator seeded with ``index``."""
+
+    def __init__(
+        self, length: int, height: int, width: int, num_classes: int, ignore_index: int
+    ) -> None:
+        self.length = length
+        self.size = (height, width)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(index)
+        image = torch.randn(3, *self.size, generator=generator)
+        blocks = torch.randint(0, self.num_classes, LABEL_BLOCKS, generator=generator)
+        ignored = torch.rand(LABEL_BLOCKS, generator=generator) < IGNORED_BLOCKS
+        blocks[ignored] = self.ignore_index
+        mask = F.interpolate(blocks[None, None].float(), size=self.size, mode="nearest")
+        return {"image": image, "mask": mask[0, 0].long()}
+
+
+def fill_memory(memory: MemoryBank, seed: int = 0) -> None:
+    """Fills every pixel and region queue of ``memory`` to capacity with random l2-normalised
+    keys, through :meth:`MemoryBank.push` (one push per kind of queue)."""
+    generator = torch.Generator().manual_seed(seed)
+    classes, dim = memory.num_classes, memory.dim
+
+    def keys(*shape: int) -> torch.Tensor:
+        return F.normalize(torch.randn(*shape, dim, generator=generator), dim=-1)
+
+    if memory.use_pixel:  # one "image" holding pixel_size keys per class, no regions
+        size = memory.pixel_size
+        memory.push(
+            MemoryCandidates(
+                keys(1, classes, size),
+                torch.ones(1, classes, size, dtype=torch.bool),
+                torch.zeros(1, classes, dim),
+                torch.zeros(1, classes, dtype=torch.bool),
+            )
         )
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.dataset.datamodule)
-    model = instantiate(cfg.model)
+    if memory.use_region:  # region_size "images" of one region key per class, no pixels
+        size = memory.region_size
+        memory.push(
+            MemoryCandidates(
+                torch.zeros(size, classes, 0, dim),
+                torch.zeros(size, classes, 0, dtype=torch.bool),
+                keys(size, classes),
+                torch.ones(size, classes, dtype=torch.bool),
+            )
+        )
+    fill = memory.fill_fraction()
+    if not bool((fill == 1).all()):
+        raise RuntimeError(f"fill_memory: the memory is not full after the pushes: {fill}")
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def _fit(
+    model: L.LightningModule, steps: int, trainer_options: dict | None = None, **data: object
+) -> _Recorder:
     recorder = _Recorder()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -120,26 +206,140 @@ def _run(experiment: str, steps: int, data_dir: Path, output: Path) -> _Recorder
         enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
+        **(trainer_options or {}),
     )
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, **data)
     return recorder
+
+
+def _run(experiment: str, steps: int, data_dir: Path, output: Path) -> _Recorder:
+    cfg = _compose(
+        [
+            f"experiment={experiment}",
+            f"paths.data_dir={data_dir}",
+            f"paths.output_dir={output}",
+            "dataset.datamodule.num_workers=0",
+        ]
+    )
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.dataset.datamodule)
+    model = instantiate(cfg.model)
+    return _fit(model, steps, datamodule=datamodule)
+
+
+def _run_paper(
+    method: str, steps: int, height: int, width: int, output: Path
+) -> tuple[_Recorder, str]:
+    """One fit of the paper's model (``experiment=hrnet48_cityscapes``, ``loss=ce`` for CE) on
+    synthetic batches; returns the recorder and what was measured, in words."""
+    cfg = _compose(
+        [
+            "experiment=hrnet48_cityscapes",
+            *(["loss=ce"] if method == "ce" else []),
+            f"paths.output_dir={output}",
+            "backbone.pretrained=false",
+            "model.contrast_warmup_steps=0",
+            "trainer=cpu",
+            "trainer.devices=1",
+            "logger=none",
+        ]
+    )
+    L.seed_everything(cfg.seed, workers=True)
+    batch_size = int(cfg.dataset.datamodule.batch_size)
+    dataset = _SyntheticBatches(
+        steps * batch_size, height, width, int(cfg.dataset.num_classes), cfg.dataset.ignore_index
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    model = instantiate(cfg.model)
+    what = (
+        f"{cfg.backbone.name} (pretrained={cfg.backbone.pretrained}) + HRNetV2 head, "
+        f"batch {batch_size}, {height} x {width} synthetic crops, "
+        f"{cfg.dataset.num_classes} classes"
+    )
+    if model.memory is not None:
+        fill_memory(model.memory, seed=cfg.seed)
+        memory = model.memory
+        what += (
+            f", memory full: {memory.num_classes} classes x ({memory.pixel_size} pixel + "
+            f"{memory.region_size} region) keys of dim {memory.dim}"
+        )
+    options = {"devices": 1, "strategy": "auto", "precision": "32-true"}
+    return _fit(model, steps, options, train_dataloaders=loader), what
+
+
+def _selection_floor(cfg: DictConfig, repeats: int = 10) -> tuple[float, float, str]:
+    """Median seconds of the two operations an exact semi-hard selection cannot avoid on the
+    run's shapes: the (anchors x memory keys) similarity product and the top-k that finds each
+    anchor's pool (``ceil(q M)`` of M). Returns (product, top-k, the shapes in words)."""
+    memory = cfg.memory
+    num_keys = int(cfg.dataset.num_classes) * (
+        int(memory.pixel_size) * bool(memory.use_pixel)
+        + int(memory.region_size) * bool(memory.use_region)
+    )
+    num_anchors, dim = int(cfg.sampler.max_anchors), int(cfg.model.projection.dim)
+    pool = math.ceil(float(cfg.sampler.semi_hard_fraction) * num_keys)
+    generator = torch.Generator().manual_seed(0)
+    anchors = F.normalize(torch.randn(num_anchors, dim, generator=generator), dim=1)
+    keys = F.normalize(torch.randn(num_keys, dim, generator=generator), dim=1)
+    similarity = torch.empty(num_anchors, num_keys)
+
+    def median(function) -> float:
+        function()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    product = median(lambda: torch.mm(anchors, keys.T, out=similarity))
+    top = median(lambda: torch.topk(similarity, pool, dim=1, sorted=False))
+    what = f"{num_anchors} anchors x {num_keys} keys x D {dim}, top {pool} per anchor"
+    return product, top, what
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=20, help="steps left out of the medians")
+    parser.add_argument(
+        "--model",
+        choices=tuple(DEFAULT_STEPS),
+        default="default",
+        help="default: make train's step; paper: HRNet-W48 on Cityscapes-sized synthetic batches",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="60 (default), 4 (paper)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="steps left out of the medians: 20 / 1"
+    )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--height", type=int, default=None, help="paper crop height (512)")
+    parser.add_argument("--width", type=int, default=None, help="paper crop width (1024)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--output", type=Path, default=Path("outputs/bench_step"))
     args = parser.parse_args()
+    paper = args.model == "paper"
+    if not paper and (args.height is not None or args.width is not None):
+        parser.error("--height and --width are for --model paper")
+    default_steps, default_warmup = DEFAULT_STEPS[args.model]
+    args.steps = default_steps if args.steps is None else args.steps
+    args.warmup = default_warmup if args.warmup is None else args.warmup
+    if args.steps <= args.warmup:
+        parser.error(f"--steps {args.steps} leaves no step after --warmup {args.warmup}")
+    height = 512 if args.height is None else args.height
+    width = 1024 if args.width is None else args.width
     torch.set_num_threads(args.threads)
     for label, owner, name in PARTS:
         setattr(owner, name, _timed(label, getattr(owner, name)))
 
     results = {}
+    what = ""
     for method in ("ce", "pico"):
-        recorder = _run(f"lite0_scenes_{method}", args.steps, args.data_dir, args.output / method)
+        if paper:
+            output = args.output / f"paper_{method}"
+            recorder, what = _run_paper(method, args.steps, height, width, output)
+        else:
+            recorder = _run(
+                f"lite0_scenes_{method}", args.steps, args.data_dir, args.output / method
+            )
         kept = slice(args.warmup, None)
         steps, parts = recorder.steps[kept], recorder.parts[kept]
         medians = {
@@ -148,10 +348,17 @@ def main() -> None:
         results[method] = (statistics.median(steps), medians, len(steps))
 
     ce, pico = results["ce"][0], results["pico"][0]
-    print(
-        f"make train's step (EfficientNet-Lite0 + FCN, batch 8, 128 x 128 crops), "
-        f"{args.threads} threads, medians of {results['pico'][2]} steps after {args.warmup}"
-    )
+    if paper:
+        print(
+            f"the paper's step (experiment=hrnet48_cityscapes; CE: loss=ce), 1 CPU device, "
+            f"float32, contrast from step 0: {what}"
+        )
+        print(f"{args.threads} threads, medians of {results['pico'][2]} steps after {args.warmup}")
+    else:
+        print(
+            f"make train's step (EfficientNet-Lite0 + FCN, batch 8, 128 x 128 crops), "
+            f"{args.threads} threads, medians of {results['pico'][2]} steps after {args.warmup}"
+        )
     print(f"{'step':<34} {'CE ms':>8} {'PiCo ms':>8}")
     print(f"{'whole step':<34} {1000 * ce:>8.1f} {1000 * pico:>8.1f}")
     print(f"PiCo / CE = {pico / ce:.2f} (overhead {100 * (pico / ce - 1):+.0f} %)")
@@ -172,6 +379,21 @@ def main() -> None:
         ),
     ]
     for label, seconds in rows:
+        print(
+            f"{label:<34} {1000 * seconds:>8.1f} {100 * seconds / ce:>12.1f} "
+            f"{100 * seconds / extra if extra > 0 else float('nan'):>10.1f}"
+        )
+    pico_cfg = _compose(
+        ["experiment=hrnet48_cityscapes"] if paper else ["experiment=lite0_scenes_pico"]
+    )
+    product, top, shapes = _selection_floor(pico_cfg)
+    print()
+    print(f"floor of an exact semi-hard selection ({shapes}):")
+    for label, seconds in (
+        ("similarity product", product),
+        ("top-k of the pool", top),
+        ("both", product + top),
+    ):
         print(
             f"{label:<34} {1000 * seconds:>8.1f} {100 * seconds / ce:>12.1f} "
             f"{100 * seconds / extra if extra > 0 else float('nan'):>10.1f}"
