@@ -63,15 +63,8 @@ def fits_fixed_shift(anchors: Tensor, pool: KeyPool, temperature: float) -> bool
     shift, i.e. ``2 |a_i| max |k| / t <= 80`` (unit vectors: t >= 0.025)."""
     if pool.size == 0 or anchors.shape[0] == 0:
         return True
-    span = 2.0 * float(anchors.detach().norm(dim=1).max()) * _key_norm(pool) / temperature
+    span = 2.0 * float(anchors.detach().norm(dim=1).max()) * pool.max_norm / temperature
     return span <= _MAX_SPAN
-
-
-def _key_norm(pool: KeyPool) -> float:
-    return max(
-        float(pool.storage[start : start + length].norm(dim=1).max())
-        for start, length, _ in pool.runs
-    )
 
 
 @dataclass
@@ -190,7 +183,7 @@ def all_keys(
         anchors_scaled = sorted_anchors * (1.0 / temperature)
         if pool.size > 0:
             # Every logit is at most |a_i| max |k| / t (Cauchy-Schwarz).
-            shift = anchors_scaled.detach().norm(dim=1, keepdim=True) * _key_norm(pool)
+            shift = anchors_scaled.detach().norm(dim=1, keepdim=True) * pool.max_norm
             lse = _NegativeLogSumExp.apply(anchors_scaled, shift, pool, layout, chunk_size)
         else:
             lse = anchors.new_full((anchors.shape[0],), -math.inf)

@@ -7,6 +7,7 @@ product per run, straight from the storage, without copying the keys.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,6 +52,15 @@ class KeyPool:
     @property
     def num_classes(self) -> int:
         return self.class_count.shape[0]
+
+    @functools.cached_property
+    def max_norm(self) -> float:
+        """The largest l2 norm of the pool's keys (0 when empty), read from the storage runs on
+        first use (a host sync) and kept: a pool describes the memory of one step."""
+        return max(
+            (float(self.storage[start : start + n].norm(dim=1).max()) for start, n, _ in self.runs),
+            default=0.0,
+        )
 
     def storage_rows(self, columns: Tensor) -> Tensor:
         """Storage rows of pool columns (no gather when the columns are the rows)."""
