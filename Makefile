@@ -37,7 +37,7 @@ format: $(STAMP)
 ## Build the wheel, install it (not editable) into a fresh virtual environment, and from a folder
 ## outside the clone train a smoke run and evaluate it with the console commands.
 check-wheel: $(STAMP)
-	bash scripts/check_wheel.sh
+	SHARED_VENV=$(abspath $(VENV)) bash scripts/check_wheel.sh
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_contrast.py

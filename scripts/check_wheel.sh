@@ -3,6 +3,8 @@
 # environment (no editable install, no access to conf/ of the clone), and from an empty folder
 # outside the clone run the console commands: a smoke training, an evaluation of its checkpoint,
 # a paper recipe's composed config, and a user config folder added with hydra.searchpath.
+# Needs the clone's environment (SHARED_VENV, default .venv as `make` builds it) for the torch
+# stack it shares.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
@@ -12,8 +14,21 @@ export HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=offline
 
 "$python" -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --upgrade pip
+# The torch stack (torch, torchvision, triton and the CUDA libraries: about 5.5 GB) is shared with
+# the clone's environment instead of installed twice: links to those packages only, in a folder
+# that a .pth file puts on the fresh environment's path. pip sees them as installed; every other
+# dependency of the wheel, picoseg's own code and configs come from the fresh install below.
+shared_site=$("${SHARED_VENV:-$repo/.venv}/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+mkdir -p "$work/torch-stack"
+for entry in "$shared_site"/{torch,torchgen,functorch,torchvision,torchvision.libs,triton,nvidia} \
+  "$shared_site"/{torch,torchvision,triton}-[0-9]*.dist-info "$shared_site"/nvidia_*.dist-info; do
+  if [ -e "$entry" ]; then ln -s "$entry" "$work/torch-stack/"; fi
+done
+fresh_site=$("$work/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+echo "$work/torch-stack" > "$fresh_site/torch_stack.pth"
 "$work/venv/bin/pip" wheel --quiet --no-deps --wheel-dir "$work/dist" "$repo"
-"$work/venv/bin/pip" install --quiet "$work"/dist/picoseg-*.whl
+"$work/venv/bin/pip" install --quiet --no-cache-dir "$work"/dist/picoseg-*.whl
+"$work/venv/bin/pip" check
 bin="$work/venv/bin"
 cd "$work"
 mkdir -p outside && cd outside
