@@ -341,11 +341,15 @@ class SegmentationSystem(L.LightningModule):
         so that no trainer configuration (e.g. a replaced ``callbacks`` group) leaves them out:
         the random states in checkpoints (:mod:`picoseg.random_state`), the W&B run id
         (:mod:`picoseg.wandb_run`) and, with a memory, the memory-bank push. Lightning puts them
-        in place of any of the same type the trainer was given, so none runs twice."""
+        in place of any of the same type the trainer was given, so none runs twice. Those the
+        trainer already holds (attached by an earlier ``fit`` of the same trainer, before its
+        ``validate``) are kept and not returned again, which Lightning would report as an
+        override."""
         callbacks: list[L.Callback] = [RandomStateCallback(), WandbRunId()]
         if self.memory is not None:
             callbacks.append(MemoryBankCallback())
-        return callbacks
+        attached = {type(c) for c in self._trainer.callbacks} if self._trainer is not None else ()
+        return [c for c in callbacks if type(c) not in attached]
 
     def configure_optimizers(self) -> Any:
         backbone = getattr(self.network, "backbone", None)

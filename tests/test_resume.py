@@ -120,6 +120,8 @@ def test_loading_a_checkpoint_outside_fit_leaves_the_random_state_alone(contrast
 
 
 def test_the_system_attaches_the_callbacks_its_training_needs(contrast_system):
+    from types import SimpleNamespace
+
     from picoseg.contrast import MemoryBank, MemoryBankCallback
     from picoseg.wandb_run import WandbRunId
 
@@ -127,6 +129,10 @@ def test_the_system_attaches_the_callbacks_its_training_needs(contrast_system):
     assert [type(c) for c in system.configure_callbacks()] == [RandomStateCallback, WandbRunId]
     system.memory = MemoryBank(3, 8, 5, 5, 2)
     assert MemoryBankCallback in [type(c) for c in system.configure_callbacks()]
+    # A trainer that already holds some of them (its fit attached them; now it validates) gets
+    # only the missing ones: nothing for Lightning to replace and report as an override.
+    system._trainer = SimpleNamespace(callbacks=[WandbRunId(), MemoryBankCallback()])
+    assert [type(c) for c in system.configure_callbacks()] == [RandomStateCallback]
 
 
 # debug=fast with its random crops, flips and colour jitter: the data order and the

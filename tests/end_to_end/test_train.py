@@ -46,6 +46,9 @@ def test_train_writes_checkpoints_metrics_and_report(trained_run):
     assert [r["class"] for r in rows][-1] == "mean"
     assert float(rows[-1]["iou"]) == pytest.approx(metrics["miou"], abs=1e-6)
     assert "mean" in proc.stdout and "IoU" in proc.stdout
+    # fit, then validate of the best checkpoint by the same trainer: the callbacks the system
+    # attaches are attached once, without Lightning's "will override" report.
+    assert "will override" not in proc.stdout + proc.stderr
     # stdout is a pipe here, as in `make train > log`: plain progress lines, one per epoch end
     progress = [line for line in proc.stdout.splitlines() if "picoseg.progress" in line]
     assert sum("step 4/8 " in line or "step 8/8 " in line for line in progress) == 2
