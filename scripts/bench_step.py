@@ -35,9 +35,12 @@ region keys of dim 256), as in steady-state training; the push after each step k
 step takes tens of seconds on a CPU, so the defaults there are ``--steps 4 --warmup 1``;
 ``--height 64 --width 128`` checks quickly that the mode runs.
 
-Usage: ``python scripts/bench_step.py [--steps 60] [--warmup 20] [--threads 2]``, or
-``python scripts/bench_step.py --model paper [--steps 4] [--warmup 1] [--height 512]
-[--width 1024] [--threads 2]``.
+Hydra overrides after the options change the PiCo run only (the CE run stays the reference),
+e.g. ``memory.pixel_size=1000 memory.region_size=500`` for the overhead with half the memory.
+
+Usage: ``python scripts/bench_step.py [--steps 60] [--warmup 20] [--threads 2] [override ...]``,
+or ``python scripts/bench_step.py --model paper [--steps 4] [--warmup 1] [--height 512]
+[--width 1024] [--threads 2] [override ...]``.
 """
 
 from __future__ import annotations
@@ -212,13 +215,16 @@ def _fit(
     return recorder
 
 
-def _run(experiment: str, steps: int, data_dir: Path, output: Path) -> _Recorder:
+def _run(
+    experiment: str, steps: int, data_dir: Path, output: Path, overrides: list[str]
+) -> _Recorder:
     cfg = _compose(
         [
             f"experiment={experiment}",
             f"paths.data_dir={data_dir}",
             f"paths.output_dir={output}",
             "dataset.datamodule.num_workers=0",
+            *overrides,
         ]
     )
     L.seed_everything(cfg.seed, workers=True)
@@ -228,7 +234,7 @@ def _run(experiment: str, steps: int, data_dir: Path, output: Path) -> _Recorder
 
 
 def _run_paper(
-    method: str, steps: int, height: int, width: int, output: Path
+    method: str, steps: int, height: int, width: int, output: Path, overrides: list[str]
 ) -> tuple[_Recorder, str]:
     """One fit of the paper's model (``experiment=hrnet48_cityscapes``, ``loss=ce`` for CE) on
     synthetic batches; returns the recorder and what was measured, in words."""
@@ -242,6 +248,7 @@ def _run_paper(
             "trainer=cpu",
             "trainer.devices=1",
             "logger=none",
+            *overrides,
         ]
     )
     L.seed_everything(cfg.seed, workers=True)
@@ -315,6 +322,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None, help="paper crop width (1024)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--output", type=Path, default=Path("outputs/bench_step"))
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides for the PiCo run only (e.g. memory.pixel_size=1000); the CE run "
+        "stays the reference",
+    )
     args = parser.parse_args()
     paper = args.model == "paper"
     if not paper and (args.height is not None or args.width is not None):
@@ -333,12 +346,17 @@ def main() -> None:
     results = {}
     what = ""
     for method in ("ce", "pico"):
+        overrides = args.overrides if method == "pico" else []
         if paper:
             output = args.output / f"paper_{method}"
-            recorder, what = _run_paper(method, args.steps, height, width, output)
+            recorder, what = _run_paper(method, args.steps, height, width, output, overrides)
         else:
             recorder = _run(
-                f"lite0_scenes_{method}", args.steps, args.data_dir, args.output / method
+                f"lite0_scenes_{method}",
+                args.steps,
+                args.data_dir,
+                args.output / method,
+                overrides,
             )
         kept = slice(args.warmup, None)
         steps, parts = recorder.steps[kept], recorder.parts[kept]
@@ -359,6 +377,8 @@ def main() -> None:
             f"make train's step (EfficientNet-Lite0 + FCN, batch 8, 128 x 128 crops), "
             f"{args.threads} threads, medians of {results['pico'][2]} steps after {args.warmup}"
         )
+    if args.overrides:
+        print(f"PiCo run with: {' '.join(args.overrides)}")
     print(f"{'step':<34} {'CE ms':>8} {'PiCo ms':>8}")
     print(f"{'whole step':<34} {1000 * ce:>8.1f} {1000 * pico:>8.1f}")
     print(f"PiCo / CE = {pico / ce:.2f} (overhead {100 * (pico / ce - 1):+.0f} %)")
@@ -384,7 +404,8 @@ def main() -> None:
             f"{100 * seconds / extra if extra > 0 else float('nan'):>10.1f}"
         )
     pico_cfg = _compose(
-        ["experiment=hrnet48_cityscapes"] if paper else ["experiment=lite0_scenes_pico"]
+        ["experiment=hrnet48_cityscapes" if paper else "experiment=lite0_scenes_pico"]
+        + args.overrides
     )
     product, top, shapes = _selection_floor(pico_cfg)
     print()
