@@ -407,6 +407,9 @@ def main() -> None:
         ["experiment=hrnet48_cityscapes" if paper else "experiment=lite0_scenes_pico"]
         + args.overrides
     )
+    if pico_cfg.memory.get("_target_") == "picoseg.contrast.disabled.disabled":  # memory=none
+        print("\nno memory in the PiCo run: no key selection, no floor to time")
+        return
     product, top, shapes = _selection_floor(pico_cfg)
     print()
     print(f"floor of an exact semi-hard selection ({shapes}):")
