@@ -37,14 +37,13 @@ import ctypes
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import median_time
 
 from picoseg.contrast import (
     MemoryBank,
@@ -177,16 +176,6 @@ def all_keys_step(anchors: torch.Tensor, pool: KeyPool, labels: torch.Tensor) ->
         negative_lse=every.negative_lse,
     )
     mean_over_valid(loss, valid).backward()
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _status(field: str) -> int:

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -35,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from timing import median_time
 from torch.utils.flop_counter import FlopCounterMode
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -76,16 +75,6 @@ def build(overrides: list[str]) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()

@@ -62,6 +62,7 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+from timing import median_time  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from picoseg.contrast import (  # noqa: E402
@@ -290,17 +291,8 @@ def _selection_floor(cfg: DictConfig, repeats: int = 10) -> tuple[float, float, 
     keys = F.normalize(torch.randn(num_keys, dim, generator=generator), dim=1)
     similarity = torch.empty(num_anchors, num_keys)
 
-    def median(function) -> float:
-        function()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            function()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    product = median(lambda: torch.mm(anchors, keys.T, out=similarity))
-    top = median(lambda: torch.topk(similarity, pool, dim=1, sorted=False))
+    product = median_time(lambda: torch.mm(anchors, keys.T, out=similarity), repeats)
+    top = median_time(lambda: torch.topk(similarity, pool, dim=1, sorted=False), repeats)
     what = f"{num_anchors} anchors x {num_keys} keys x D {dim}, top {pool} per anchor"
     return product, top, what
 
