@@ -2,9 +2,16 @@
 
 Both runs are `make train`'s model (EfficientNet-Lite0 + FCN, `experiment=lite0_scenes_ce` and
 `lite0_scenes_pico`), on the same `scenes` data, seed and thread count, fitted by Lightning for
-``--steps`` optimiser steps (logger off). A callback times each step from batch start to batch end
-(forward, backward, optimiser step, the memory push); the first ``--warmup`` steps are left out
-and the median is reported. Inside PiCo's steps, the time spent in each part is accumulated by
+``--steps`` optimiser steps (logger off). Before the PiCo fit its memory bank is filled to
+capacity with random l2-normalised keys, so every timed step is a steady-state step (in `make
+train` the region queues fill only after 125 of the 500 steps). A callback times each step from
+batch start to batch end (forward, backward, optimiser step, the memory push); the first
+``--warmup`` steps are left out and the median is reported.
+
+The machine may be shared, so one CE fit followed by one PiCo fit can catch different loads.
+``--rounds R`` alternates them R times (CE, PiCo, CE, PiCo, ...; each fit from the same seed) and
+reports the PiCo / CE ratio of every round and their median; the step and part medians pool the
+kept steps of all rounds. Inside PiCo's steps, the time spent in each part is accumulated by
 wrapping the functions that do it:
 
 - projection + contrast forward: ``SegmentationSystem.contrast_term``, of which
@@ -38,7 +45,8 @@ step takes tens of seconds on a CPU, so the defaults there are ``--steps 4 --war
 Hydra overrides after the options change the PiCo run only (the CE run stays the reference),
 e.g. ``memory.pixel_size=1000 memory.region_size=500`` for the overhead with half the memory.
 
-Usage: ``python scripts/bench_step.py [--steps 60] [--warmup 20] [--threads 2] [override ...]``,
+Usage: ``python scripts/bench_step.py [--steps 60] [--warmup 20] [--rounds 3] [--threads 2]
+[override ...]``,
 or ``python scripts/bench_step.py --model paper [--steps 4] [--warmup 1] [--height 512]
 [--width 1024] [--threads 2] [override ...]``.
 """
@@ -76,8 +84,8 @@ from picoseg.contrast.loss import PixelContrastLoss  # noqa: E402
 from picoseg.system import SegmentationSystem  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-#: Steps and warm-up steps of each ``--model`` when not given.
-DEFAULT_STEPS = {"default": (60, 20), "paper": (4, 1)}
+#: Steps, warm-up steps and rounds of each ``--model`` when not given.
+DEFAULT_STEPS = {"default": (60, 20, 3), "paper": (4, 1, 1)}
 #: Blocks of one class per synthetic label map (rows, columns), and the share of ignored ones.
 LABEL_BLOCKS = (8, 16)
 IGNORED_BLOCKS = 0.05
@@ -231,6 +239,8 @@ def _run(
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule)
     model = instantiate(cfg.model)
+    if model.memory is not None:
+        fill_memory(model.memory, seed=cfg.seed)
     return _fit(model, steps, datamodule=datamodule)
 
 
@@ -309,6 +319,9 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=int, default=None, help="steps left out of the medians: 20 / 1"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="CE, PiCo fits alternated this often: 3 / 1"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--height", type=int, default=None, help="paper crop height (512)")
     parser.add_argument("--width", type=int, default=None, help="paper crop width (1024)")
@@ -324,38 +337,52 @@ def main() -> None:
     paper = args.model == "paper"
     if not paper and (args.height is not None or args.width is not None):
         parser.error("--height and --width are for --model paper")
-    default_steps, default_warmup = DEFAULT_STEPS[args.model]
+    default_steps, default_warmup, default_rounds = DEFAULT_STEPS[args.model]
     args.steps = default_steps if args.steps is None else args.steps
     args.warmup = default_warmup if args.warmup is None else args.warmup
+    args.rounds = default_rounds if args.rounds is None else args.rounds
     if args.steps <= args.warmup:
         parser.error(f"--steps {args.steps} leaves no step after --warmup {args.warmup}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     height = 512 if args.height is None else args.height
     width = 1024 if args.width is None else args.width
     torch.set_num_threads(args.threads)
     for label, owner, name in PARTS:
         setattr(owner, name, _timed(label, getattr(owner, name)))
 
-    results = {}
+    kept_steps: dict[str, list[float]] = {"ce": [], "pico": []}
+    kept_parts: dict[str, list[dict[str, float]]] = {"ce": [], "pico": []}
+    round_ratios = []
     what = ""
+    for _ in range(args.rounds):
+        round_medians = {}
+        for method in ("ce", "pico"):
+            overrides = args.overrides if method == "pico" else []
+            if paper:
+                output = args.output / f"paper_{method}"
+                recorder, what = _run_paper(method, args.steps, height, width, output, overrides)
+            else:
+                recorder = _run(
+                    f"lite0_scenes_{method}",
+                    args.steps,
+                    args.data_dir,
+                    args.output / method,
+                    overrides,
+                )
+            kept = slice(args.warmup, None)
+            kept_steps[method] += recorder.steps[kept]
+            kept_parts[method] += recorder.parts[kept]
+            round_medians[method] = statistics.median(recorder.steps[kept])
+        round_ratios.append(round_medians["pico"] / round_medians["ce"])
+
+    results = {}
     for method in ("ce", "pico"):
-        overrides = args.overrides if method == "pico" else []
-        if paper:
-            output = args.output / f"paper_{method}"
-            recorder, what = _run_paper(method, args.steps, height, width, output, overrides)
-        else:
-            recorder = _run(
-                f"lite0_scenes_{method}",
-                args.steps,
-                args.data_dir,
-                args.output / method,
-                overrides,
-            )
-        kept = slice(args.warmup, None)
-        steps, parts = recorder.steps[kept], recorder.parts[kept]
+        parts = kept_parts[method]
         medians = {
             label: statistics.median(p.get(label, 0.0) for p in parts) for label, *_ in PARTS
         }
-        results[method] = (statistics.median(steps), medians, len(steps))
+        results[method] = (statistics.median(kept_steps[method]), medians, len(parts))
 
     ce, pico = results["ce"][0], results["pico"][0]
     if paper:
@@ -363,17 +390,24 @@ def main() -> None:
             f"the paper's step (experiment=hrnet48_cityscapes; CE: loss=ce), 1 CPU device, "
             f"float32, contrast from step 0: {what}"
         )
-        print(f"{args.threads} threads, medians of {results['pico'][2]} steps after {args.warmup}")
     else:
-        print(
-            f"make train's step (EfficientNet-Lite0 + FCN, batch 8, 128 x 128 crops), "
-            f"{args.threads} threads, medians of {results['pico'][2]} steps after {args.warmup}"
-        )
+        print("make train's step (EfficientNet-Lite0 + FCN, batch 8, 128 x 128 crops), memory full")
+    print(
+        f"{args.threads} threads, {args.rounds} round(s) of CE then PiCo, medians of "
+        f"{results['pico'][2]} steps ({args.steps - args.warmup} per round after {args.warmup})"
+    )
     if args.overrides:
         print(f"PiCo run with: {' '.join(args.overrides)}")
     print(f"{'step':<34} {'CE ms':>8} {'PiCo ms':>8}")
     print(f"{'whole step':<34} {1000 * ce:>8.1f} {1000 * pico:>8.1f}")
     print(f"PiCo / CE = {pico / ce:.2f} (overhead {100 * (pico / ce - 1):+.0f} %)")
+    if args.rounds > 1:
+        ratios = " ".join(f"{r:.2f}" for r in round_ratios)
+        middle = statistics.median(round_ratios)
+        print(
+            f"PiCo / CE of each round: {ratios}; median {middle:.2f} "
+            f"(overhead {100 * (middle - 1):+.0f} %)"
+        )
     print()
     extra = pico - ce
     print(f"{'part of the PiCo step':<34} {'ms':>8} {'% of CE step':>12} {'% of extra':>10}")
