@@ -226,7 +226,9 @@ def _fit(
 
 def _run(
     experiment: str, steps: int, data_dir: Path, output: Path, overrides: list[str]
-) -> _Recorder:
+) -> tuple[_Recorder, str]:
+    """One fit of ``experiment`` (``make train``'s model); returns the recorder and the
+    memory's size in words (empty without a memory)."""
     cfg = _compose(
         [
             f"experiment={experiment}",
@@ -239,9 +241,18 @@ def _run(
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule)
     model = instantiate(cfg.model)
+    what = ""
     if model.memory is not None:
         fill_memory(model.memory, seed=cfg.seed)
-    return _fit(model, steps, datamodule=datamodule)
+        what = f", {_memory_in_words(model.memory)}"
+    return _fit(model, steps, datamodule=datamodule), what
+
+
+def _memory_in_words(memory: MemoryBank) -> str:
+    return (
+        f"memory full from the first step: {memory.num_classes} classes x "
+        f"({memory.pixel_size} pixel + {memory.region_size} region) keys of dim {memory.dim}"
+    )
 
 
 def _run_paper(
@@ -276,11 +287,7 @@ def _run_paper(
     )
     if model.memory is not None:
         fill_memory(model.memory, seed=cfg.seed)
-        memory = model.memory
-        what += (
-            f", memory full: {memory.num_classes} classes x ({memory.pixel_size} pixel + "
-            f"{memory.region_size} region) keys of dim {memory.dim}"
-        )
+        what += f", {_memory_in_words(model.memory)}"
     options = {"devices": 1, "strategy": "auto", "precision": "32-true"}
     return _fit(model, steps, options, train_dataloaders=loader), what
 
@@ -363,13 +370,15 @@ def main() -> None:
                 output = args.output / f"paper_{method}"
                 recorder, what = _run_paper(method, args.steps, height, width, output, overrides)
             else:
-                recorder = _run(
+                recorder, memory_words = _run(
                     f"lite0_scenes_{method}",
                     args.steps,
                     args.data_dir,
                     args.output / method,
                     overrides,
                 )
+                if method == "pico":
+                    what = memory_words
             kept = slice(args.warmup, None)
             kept_steps[method] += recorder.steps[kept]
             kept_parts[method] += recorder.parts[kept]
@@ -391,7 +400,7 @@ def main() -> None:
             f"float32, contrast from step 0: {what}"
         )
     else:
-        print("make train's step (EfficientNet-Lite0 + FCN, batch 8, 128 x 128 crops), memory full")
+        print(f"make train's step (EfficientNet-Lite0 + FCN, batch 8, 128 x 128 crops){what}")
     print(
         f"{args.threads} threads, {args.rounds} round(s) of CE then PiCo, medians of "
         f"{results['pico'][2]} steps ({args.steps - args.warmup} per round after {args.warmup})"
