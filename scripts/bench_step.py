@@ -42,11 +42,15 @@ region keys of dim 256), as in steady-state training; the push after each step k
 step takes tens of seconds on a CPU, so the defaults there are ``--steps 4 --warmup 1``;
 ``--height 64 --width 128`` checks quickly that the mode runs.
 
+``--profile`` adds one untimed CE fit and one PiCo fit under ``torch.profiler`` (from the first
+step after the warm-up) and lists the operators whose self CPU time per step PiCo adds, largest
+first: e.g. the matrix products and top-k's of the key selection.
+
 Hydra overrides after the options change the PiCo run only (the CE run stays the reference),
 e.g. ``memory.pixel_size=1000 memory.region_size=500`` for the overhead with half the memory.
 
-Usage: ``python scripts/bench_step.py [--steps 60] [--warmup 20] [--rounds 3] [--threads 2]
-[override ...]``,
+Usage: ``python scripts/bench_step.py [--steps 60] [--warmup 20] [--rounds 3] [--profile]
+[--threads 2] [override ...]``,
 or ``python scripts/bench_step.py --model paper [--steps 4] [--warmup 1] [--height 512]
 [--width 1024] [--threads 2] [override ...]``.
 """
@@ -71,6 +75,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from timing import median_time  # noqa: E402
+from torch.profiler import ProfilerActivity  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from picoseg.contrast import (  # noqa: E402
@@ -118,12 +123,20 @@ def _timed(label: str, function):
 
 class _Recorder(L.Callback):
     """Step wall time from one batch start to the next (so the module's own memory callback,
-    which runs after every trainer callback, is inside), and the parts of that interval."""
+    which runs after every trainer callback, is inside), and the parts of that interval.
 
-    def __init__(self) -> None:
+    With ``profile_from`` set, ``torch.profiler`` records every operator from that batch to the
+    end of the fit, and ``operators`` holds each one's self CPU milliseconds per profiled step
+    (the profiler slows the steps down: such a fit is not timed)."""
+
+    def __init__(self, profile_from: int | None = None) -> None:
         self.steps: list[float] = []
         self.parts: list[dict[str, float]] = []
+        self.operators: dict[str, float] = {}
         self._start: float | None = None
+        self._profile_from = profile_from
+        self._profiler: torch.profiler.profile | None = None
+        self._profiled_steps = 0
 
     def _close(self) -> None:
         now = time.perf_counter()
@@ -135,9 +148,22 @@ class _Recorder(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._close()
+        if self._profiler is not None:
+            self._profiled_steps += 1
+        elif trainer.global_step == self._profile_from:
+            self._profiler = torch.profiler.profile(activities=[ProfilerActivity.CPU])
+            self._profiler.__enter__()
+            self._profiled_steps = 1
 
     def on_train_end(self, trainer, pl_module):
         self._close()
+        if self._profiler is not None:
+            self._profiler.__exit__(None, None, None)
+            self.operators = {
+                event.key: event.self_cpu_time_total / 1000 / self._profiled_steps
+                for event in self._profiler.key_averages()
+            }
+            self._profiler = None
 
 
 class _SyntheticBatches(Dataset):
@@ -205,9 +231,13 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 
 def _fit(
-    model: L.LightningModule, steps: int, trainer_options: dict | None = None, **data: object
+    model: L.LightningModule,
+    steps: int,
+    trainer_options: dict | None = None,
+    profile_from: int | None = None,
+    **data: object,
 ) -> _Recorder:
-    recorder = _Recorder()
+    recorder = _Recorder(profile_from)
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=steps,
@@ -225,7 +255,12 @@ def _fit(
 
 
 def _run(
-    experiment: str, steps: int, data_dir: Path, output: Path, overrides: list[str]
+    experiment: str,
+    steps: int,
+    data_dir: Path,
+    output: Path,
+    overrides: list[str],
+    profile_from: int | None = None,
 ) -> tuple[_Recorder, str]:
     """One fit of ``experiment`` (``make train``'s model); returns the recorder and the
     memory's size in words (empty without a memory)."""
@@ -245,7 +280,7 @@ def _run(
     if model.memory is not None:
         fill_memory(model.memory, seed=cfg.seed)
         what = f", {_memory_in_words(model.memory)}"
-    return _fit(model, steps, datamodule=datamodule), what
+    return _fit(model, steps, profile_from=profile_from, datamodule=datamodule), what
 
 
 def _memory_in_words(memory: MemoryBank) -> str:
@@ -256,7 +291,13 @@ def _memory_in_words(memory: MemoryBank) -> str:
 
 
 def _run_paper(
-    method: str, steps: int, height: int, width: int, output: Path, overrides: list[str]
+    method: str,
+    steps: int,
+    height: int,
+    width: int,
+    output: Path,
+    overrides: list[str],
+    profile_from: int | None = None,
 ) -> tuple[_Recorder, str]:
     """One fit of the paper's model (``experiment=hrnet48_cityscapes``, ``loss=ce`` for CE) on
     synthetic batches; returns the recorder and what was measured, in words."""
@@ -289,7 +330,7 @@ def _run_paper(
         fill_memory(model.memory, seed=cfg.seed)
         what += f", {_memory_in_words(model.memory)}"
     options = {"devices": 1, "strategy": "auto", "precision": "32-true"}
-    return _fit(model, steps, options, train_dataloaders=loader), what
+    return _fit(model, steps, options, profile_from, train_dataloaders=loader), what
 
 
 def _selection_floor(cfg: DictConfig, repeats: int = 10) -> tuple[float, float, str]:
@@ -314,6 +355,28 @@ def _selection_floor(cfg: DictConfig, repeats: int = 10) -> tuple[float, float, 
     return product, top, what
 
 
+def _print_operators(
+    operators: dict[str, dict[str, float]], ce_step: float, rows: int = 15
+) -> None:
+    """The operators whose self CPU time PiCo's step adds to CE's, largest first."""
+    ce, pico = operators["ce"], operators["pico"]
+    added = sorted(
+        ((pico.get(name, 0.0) - ce.get(name, 0.0), name) for name in set(ce) | set(pico)),
+        reverse=True,
+    )
+    print()
+    print(
+        f"operators by the self CPU time PiCo adds (torch.profiler, one more fit each, ms per "
+        f"step; in all: CE {sum(ce.values()):.1f}, PiCo {sum(pico.values()):.1f}):"
+    )
+    print(f"{'operator':<48} {'CE':>8} {'PiCo':>8} {'added':>8} {'% of CE step':>12}")
+    for extra, name in added[:rows]:
+        print(
+            f"{name[:48]:<48} {ce.get(name, 0.0):>8.1f} {pico.get(name, 0.0):>8.1f} "
+            f"{extra:>8.1f} {100 * extra / (1000 * ce_step):>12.1f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -328,6 +391,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--rounds", type=int, default=None, help="CE, PiCo fits alternated this often: 3 / 1"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more (untimed) CE and PiCo fit under torch.profiler: the operators whose self "
+        "time PiCo adds",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--height", type=int, default=None, help="paper crop height (512)")
@@ -362,23 +431,32 @@ def main() -> None:
     kept_parts: dict[str, list[dict[str, float]]] = {"ce": [], "pico": []}
     round_ratios = []
     what = ""
+
+    def fit(method: str, profile_from: int | None = None) -> _Recorder:
+        nonlocal what
+        overrides = args.overrides if method == "pico" else []
+        if paper:
+            output = args.output / f"paper_{method}"
+            recorder, what = _run_paper(
+                method, args.steps, height, width, output, overrides, profile_from
+            )
+        else:
+            recorder, memory_words = _run(
+                f"lite0_scenes_{method}",
+                args.steps,
+                args.data_dir,
+                args.output / method,
+                overrides,
+                profile_from,
+            )
+            if method == "pico":
+                what = memory_words
+        return recorder
+
     for _ in range(args.rounds):
         round_medians = {}
         for method in ("ce", "pico"):
-            overrides = args.overrides if method == "pico" else []
-            if paper:
-                output = args.output / f"paper_{method}"
-                recorder, what = _run_paper(method, args.steps, height, width, output, overrides)
-            else:
-                recorder, memory_words = _run(
-                    f"lite0_scenes_{method}",
-                    args.steps,
-                    args.data_dir,
-                    args.output / method,
-                    overrides,
-                )
-                if method == "pico":
-                    what = memory_words
+            recorder = fit(method)
             kept = slice(args.warmup, None)
             kept_steps[method] += recorder.steps[kept]
             kept_parts[method] += recorder.parts[kept]
@@ -394,6 +472,9 @@ def main() -> None:
         results[method] = (statistics.median(kept_steps[method]), medians, len(parts))
 
     ce, pico = results["ce"][0], results["pico"][0]
+    operators = {}
+    if args.profile:  # after the timed rounds: the profiler's own cost stays out of them
+        operators = {m: fit(m, profile_from=args.warmup).operators for m in ("ce", "pico")}
     if paper:
         print(
             f"the paper's step (experiment=hrnet48_cityscapes; CE: loss=ce), 1 CPU device, "
@@ -438,6 +519,8 @@ def main() -> None:
             f"{label:<34} {1000 * seconds:>8.1f} {100 * seconds / ce:>12.1f} "
             f"{100 * seconds / extra if extra > 0 else float('nan'):>10.1f}"
         )
+    if operators:
+        _print_operators(operators, ce)
     pico_cfg = _compose(
         ["experiment=hrnet48_cityscapes" if paper else "experiment=lite0_scenes_pico"]
         + args.overrides
