@@ -57,10 +57,16 @@ def _run_module(
 
 
 def _load_script(name: str) -> ModuleType:
-    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package). As when it
+    runs as ``python scripts/<name>.py``, its folder is on the import path while it loads, so
+    its imports of sibling modules (``timing``) resolve."""
     spec = importlib.util.spec_from_file_location(name, SCRIPTS_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(SCRIPTS_DIR))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPTS_DIR))
     return module
 
 

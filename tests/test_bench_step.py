@@ -3,20 +3,14 @@ the steady state of a run (what its timed steps must see)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from picoseg.contrast import MemoryBank
 
-SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
-
 
 @pytest.fixture
-def bench_step(load_script, monkeypatch):
-    # The script imports its sibling `timing` module, as it does when run from scripts/.
-    monkeypatch.syspath_prepend(str(SCRIPTS_DIR))
+def bench_step(load_script):
     return load_script("bench_step")
 
 
